@@ -1,0 +1,29 @@
+"""xen/grant_table.h: GNTTABOP_* and GNTST_* results."""
+GNTTABOP_map_grant_ref = 0
+GNTTABOP_unmap_grant_ref = 1
+GNTTABOP_setup_table = 2
+GNTTABOP_dump_table = 3
+GNTTABOP_transfer = 4
+GNTTABOP_copy = 5
+GNTTABOP_query_size = 6
+GNTTABOP_unmap_and_replace = 7
+GNTTABOP_set_version = 8
+GNTTABOP_get_status_frames = 9
+GNTTABOP_get_version = 10
+GNTTABOP_swap_grant_ref = 11
+GNTTABOP_cache_flush = 12
+
+GNTST_okay = 0
+GNTST_general_error = -1
+GNTST_bad_domain = -2
+GNTST_bad_gntref = -3
+GNTST_bad_handle = -4
+GNTST_bad_virt_addr = -5
+GNTST_bad_dev_addr = -6
+GNTST_no_device_space = -7
+GNTST_permission_denied = -8
+GNTST_bad_page = -9
+GNTST_bad_copy_arg = -10
+GNTST_address_too_big = -11
+GNTST_eagain = -12
+GNTST_no_space = -13

@@ -1,0 +1,15 @@
+"""xen/vcpu.h: VCPUOP_* sub-ops."""
+VCPUOP_initialise = 0
+VCPUOP_up = 1
+VCPUOP_down = 2
+VCPUOP_is_up = 3
+VCPUOP_get_runstate_info = 4
+VCPUOP_register_runstate_memory_area = 5
+VCPUOP_set_periodic_timer = 6
+VCPUOP_stop_periodic_timer = 7
+VCPUOP_set_singleshot_timer = 8
+VCPUOP_stop_singleshot_timer = 9
+VCPUOP_register_vcpu_info = 10
+VCPUOP_send_nmi = 11
+VCPUOP_get_physid = 12
+VCPUOP_register_vcpu_time_memory_area = 13

@@ -1,0 +1,68 @@
+"""The hypercall table: one row per hypercall, filled by a decorator in each subsystem.
+
+As Xen's hypercall-defs.c, the table is data: number → (handler, argument count,
+the ABIs it exists for).  Dispatch reads the argument registers of the guest's ABI,
+calls the handler with plain ints, and writes the result back.  A handler returns
+0/positive or a negative errno; a bad guest pointer inside it raises GuestFault,
+which becomes -EFAULT here.  An unimplemented number is -ENOSYS, logged once per
+domain, as Xen does.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from ..abi.errno import Errno
+from ..abi.xen import HYPERCALL_NR, HYPERCALLS, NR_HYPERCALLS, Width
+from .guest_access import GuestFault
+
+if TYPE_CHECKING:
+    from .vcpu import Vcpu
+
+log = logging.getLogger("xenpy.hypercall")
+
+
+@dataclass(frozen=True)
+class Hypercall:
+    nr: int
+    name: str
+    fn: Callable[..., int]
+    nargs: int
+    abis: frozenset[Width]
+
+
+TABLE: list[Hypercall | None] = [None] * NR_HYPERCALLS
+"""Built at import time from the @hypercall rows; read-only afterwards."""
+
+
+def hypercall(name: str, nargs: int, abis: tuple[Width, ...] = (Width.X86_32, Width.X86_64)):
+    """Register ``fn(vcpu, *args) -> int`` as the handler of hypercall ``name``."""
+    nr = HYPERCALL_NR[name]
+
+    def register(fn: Callable[..., int]) -> Callable[..., int]:
+        if TABLE[nr] is not None:
+            raise RuntimeError(f"hypercall {name} registered twice")
+        TABLE[nr] = Hypercall(nr, name, fn, nargs, frozenset(abis))
+        return fn
+    return register
+
+
+class Continue(Exception):
+    """Raised by a handler that changed the vCPU's registers itself (iret): no result."""
+
+
+def dispatch(v: "Vcpu", nr: int, args: tuple[int, ...]) -> int | None:
+    """Run hypercall ``nr`` for ``v``; the result to put in eax/rax (None: leave it)."""
+    hc = TABLE[nr] if 0 <= nr < NR_HYPERCALLS else None
+    if hc is None or v.domain.width not in hc.abis:
+        v.domain.log_once(f"hypercall {nr}", "unimplemented hypercall %d (%s)", nr,
+                          HYPERCALLS.get(nr, "unknown"))
+        return -Errno.ENOSYS
+    try:
+        return hc.fn(v, *args[:hc.nargs])
+    except GuestFault as f:
+        log.debug("d%d %s: bad guest pointer %#x", v.domain.domid, hc.name, f.va)
+        return -Errno.EFAULT
+    except Continue:
+        return None

@@ -1,0 +1,110 @@
+"""A virtual CPU: a Unicorn instance plus the PV state Xen keeps per vCPU.
+
+The run loop hands the CPU to Unicorn until a hook needs the hypervisor to do
+something that cannot happen inside a hook (shut down, block, yield, give up the
+time slice); hooks call ``cpu.stop()`` and set a flag the loop reads.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..abi.xen import Width
+from ..cpu.x86 import X86Cpu
+from . import traps
+from .guest_access import GuestMemory
+
+if TYPE_CHECKING:
+    from .domain import Domain
+
+log = logging.getLogger("xenpy.vcpu")
+
+UNTIL32 = 0xFFFFFFF0      # never executed: emu_start's stop address
+
+
+@dataclass
+class TrapEntry:
+    flags: int = 0
+    cs: int = 0
+    address: int = 0
+
+
+@dataclass
+class PendingUserEvent:
+    """An event to bounce to the kernel once the call gate has brought us to ring 1."""
+    vector: int
+    error_code: int | None
+    eip: int
+    cs: int
+    eflags: int
+    esp: int
+    ss: int
+    ti: TrapEntry
+
+
+class Vcpu:
+    def __init__(self, domain: "Domain", vcpu_id: int) -> None:
+        self.domain = domain
+        self.vcpu_id = vcpu_id
+        mem = domain.mem
+        self.cpu = X86Cpu(domain.width, mem.ptr, mem.size)
+        self.gmem = GuestMemory(mem, domain.width)
+        self.trap_table = [TrapEntry() for _ in range(256)]
+        self.kernel_ss = 0
+        self.kernel_sp = 0
+        self.event_callback = (0, 0)       # (cs, eip)
+        self.failsafe_callback = (0, 0)
+        self.iopl = 0                      # virtual IOPL (physdev set_iopl / iret)
+        self.cr0_ts = False
+        self.gdt_frames: list[int] = []
+        self.gdt_ents = 0
+        self.pending_user: PendingUserEvent | None = None
+        self.blocked = False
+        self.yielded = False
+        self.online = vcpu_id == 0
+        self.instructions = 0
+        self.debugreg = [0] * 8
+        self.in_hypercall = False
+        self._wake = threading.Event()
+        traps.install_hooks(self)
+
+    def vcpu_info_pending(self) -> bool:
+        """An upcall is due: events pending and not masked (checked on every guest entry)."""
+        vi = self.vcpu_info
+        return bool(vi.evtchn_upcall_pending) and not vi.evtchn_upcall_mask
+
+    @property
+    def vcpu_info(self):
+        return self.domain.vcpu_info(self.vcpu_id)
+
+    # --- address space -----------------------------------------------------------------------
+    def set_cr3(self, maddr: int) -> None:
+        self.gmem.cr3 = maddr
+        self.cpu.set_reg("cr3", maddr)        # also flushes Unicorn's TLB
+
+    # --- scheduling --------------------------------------------------------------------------
+    def kick(self) -> None:
+        """An event arrived: wake a blocked vCPU (Xen's vcpu_unblock)."""
+        if self.blocked:
+            self.blocked = False
+            self._wake.set()
+
+    def block(self) -> None:
+        """SCHEDOP_block: stop running until an event is pending (checked by the caller)."""
+        self.blocked = True
+        self._wake.clear()
+        self.cpu.stop()
+
+    def wait_unblocked(self, timeout: float | None) -> bool:
+        return self._wake.wait(timeout)
+
+    def run_slice(self) -> None:
+        """Run guest code until a hook stops the CPU."""
+        eip = self.cpu.reg("eip" if self.domain.width == Width.X86_32 else "rip")
+        self.cpu.run(eip, UNTIL32 if self.domain.width == Width.X86_32 else 0xFFFFFFFFFFFFFFF0)
+
+    def close(self) -> None:
+        self.cpu.stop()
+        self.cpu.close()
