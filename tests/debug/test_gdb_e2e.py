@@ -145,11 +145,12 @@ def test_write_watchpoint_reports_address_after_each_write(gdb: GdbRunner, targe
 
 
 def test_read_and_access_watchpoints(gdb: GdbRunner, target: UnicornTarget) -> None:
-    out = gdb.run(target, "rwatch *(int*)0x3004\ncontinue\np/x $pc\ndelete\nawatch *(int*)0x3000\ncontinue\n")
+    out = gdb.run(target, "rwatch *(int*)0x3004\ncontinue\np/x $pc\ndelete\nawatch *(int*)0x3004\ncontinue\np/x $pc\n")
     assert "Hardware read watchpoint 1: *(int*)0x3004" in out
     assert re.search(r"Value = 0\s", out)
     assert f"$1 = {SPIN_END:#x}" in out  # stopped right after the cmp that read it
-    assert "Hardware access (read/write) watchpoint 2: *(int*)0x3000" in out
+    assert "Hardware access (read/write) watchpoint 2: *(int*)0x3004" in out
+    assert f"$2 = {SPIN_END:#x}" in out
 
 
 def test_ctrl_c_stops_a_spinning_guest(gdb: GdbRunner, target: UnicornTarget) -> None:

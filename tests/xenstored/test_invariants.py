@@ -39,7 +39,7 @@ def check_invariants(store: Store) -> None:
     assert counted == dict(owners)
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(op, max_size=40))
 def test_random_operations_keep_invariants(ops: list) -> None:
     store = Store()

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -107,6 +108,10 @@ def test_watch_initial_event(served) -> None:
 def _start_watch(env: dict[str, str], path: str, count: int) -> subprocess.Popen[str]:
     proc = subprocess.Popen(["xenstore-watch", "-n", str(count), path], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    # A hung tool must fail the test, not hang it: kill it after TIMEOUT whatever happens.
+    killer = threading.Timer(TIMEOUT, proc.kill)
+    killer.daemon = True
+    killer.start()
     assert proc.stdout is not None
     assert proc.stdout.readline() == f"{path}\n"    # the initial event: the watch is set
     return proc

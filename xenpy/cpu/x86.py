@@ -23,7 +23,8 @@ _INTR_CB = ctypes.CFUNCTYPE(None, _VOIDP, ctypes.c_uint32, _VOIDP)
 _INVALID_CB = ctypes.CFUNCTYPE(ctypes.c_bool, _VOIDP, _VOIDP)
 _IN_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, _VOIDP, ctypes.c_uint32, ctypes.c_int, _VOIDP)
 _OUT_CB = ctypes.CFUNCTYPE(None, _VOIDP, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32, _VOIDP)
-_INSN_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, _VOIDP, _VOIDP)   # cpuid (returns skip), syscall
+_CPUID_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, _VOIDP, _VOIDP)   # returns "skip Unicorn's cpuid"
+_SYSCALL_CB = ctypes.CFUNCTYPE(None, _VOIDP, _VOIDP)
 
 # Register ids, named without the E/R prefix so hypervisor code is width-neutral.
 R = x86
@@ -191,12 +192,12 @@ class X86Cpu:
     def on_cpuid(self, fn: Callable[[], bool]) -> None:
         """fn() returns True when it produced the result itself (skip Unicorn's CPUID)."""
         g = self._guard(fn, 0)
-        self._add(uc.UC_HOOK_INSN, _INSN_CB(lambda _h, _u: int(bool(g()))), 1, 0,
+        self._add(uc.UC_HOOK_INSN, _CPUID_CB(lambda _h, _u: int(bool(g()))), 1, 0,
                   x86.UC_X86_INS_CPUID)
 
     def on_syscall(self, fn: Callable[[], None]) -> None:
         g = self._guard(fn)
-        self._add(uc.UC_HOOK_INSN, _INSN_CB(lambda _h, _u: g() and 0), 1, 0,
+        self._add(uc.UC_HOOK_INSN, _SYSCALL_CB(lambda _h, _u: g()), 1, 0,
                   x86.UC_X86_INS_SYSCALL)
 
     def add_hook(self, htype: int, callback: Callable, begin: int = 1, end: int = 0) -> int:

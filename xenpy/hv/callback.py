@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..abi.callback import (CALLBACKOP_register, CALLBACKOP_unregister, CALLBACKTYPE_event,
+from ..abi.callback import (CALLBACKF_mask_events, CALLBACKOP_register, CALLBACKOP_unregister, CALLBACKTYPE_event,
                             CALLBACKTYPE_failsafe, CALLBACKTYPE_nmi, CALLBACKTYPE_syscall)
 from ..abi.errno import Errno
 from ..abi.xen import Width
@@ -41,7 +41,8 @@ def do_stack_switch(v: "Vcpu", ss: int, esp: int) -> int:
     ss &= 0xFFFF
     if ss & 3 == 0:
         ss |= 1
-    v.kernel_ss, v.kernel_sp = ss, esp & 0xFFFFFFFF
+    v.kernel_ss = ss
+    v.kernel_sp = esp & 0xFFFFFFFF if v.domain.width == Width.X86_32 else esp
     v.domain.hv_layout.set_ring1_stack(v.domain.mem, v.vcpu_id, v.kernel_ss, v.kernel_sp)
     return 0
 
@@ -65,6 +66,14 @@ def do_set_callbacks(v: "Vcpu", ev_cs: int, ev_eip: int, fs_cs: int, fs_eip: int
     return 0
 
 
+@hypercall("set_callbacks", 3, abis=(Width.X86_64,))
+def do_set_callbacks64(v: "Vcpu", event: int, failsafe: int, syscall: int) -> int:
+    _register(v, CALLBACKTYPE_event, 0, event)
+    _register(v, CALLBACKTYPE_failsafe, 0, failsafe)
+    v.syscall_callback = syscall
+    return 0
+
+
 @hypercall("callback_op", 2)
 def do_callback_op(v: "Vcpu", cmd: int, arg: int) -> int:
     """struct callback_register {uint16 type; uint16 flags; xen_callback_t address}."""
@@ -76,6 +85,7 @@ def do_callback_op(v: "Vcpu", cmd: int, arg: int) -> int:
             cs, eip = 0, v.gmem.read_u64(arg + 8)
         if type_ == CALLBACKTYPE_syscall and v.domain.width == Width.X86_64:
             v.syscall_callback = eip
+            v.syscall_mask_events = bool(_flags & CALLBACKF_mask_events)
             return 0
         return _register(v, type_, cs, eip)
     if cmd == CALLBACKOP_unregister:
@@ -90,4 +100,32 @@ def do_callback_op(v: "Vcpu", cmd: int, arg: int) -> int:
 @hypercall("fpu_taskswitch", 1)
 def do_fpu_taskswitch(v: "Vcpu", set_: int) -> int:
     v.cr0_ts = bool(set_)
+    return 0
+
+
+SEGBASE_FS = 0
+SEGBASE_GS_USER = 1
+SEGBASE_GS_KERNEL = 2
+SEGBASE_GS_USER_SEL = 3
+
+
+@hypercall("set_segment_base", 2, abis=(Width.X86_64,))
+def do_set_segment_base(v: "Vcpu", which: int, base: int) -> int:
+    """FS base, and the user/kernel GS bases Xen swaps on every mode switch."""
+    from .traps64 import MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE, canonical
+    cpu = v.cpu
+    if which == SEGBASE_GS_USER_SEL:
+        # Load a user GS selector: with flat 64-bit segments only the null selector and
+        # Xen's flat data selector are meaningful; the base itself stays as it is.
+        return 0 if (base & 0xFFFF) in (0, 0xE02B) else -Errno.EINVAL
+    if not canonical(base):
+        return -Errno.EINVAL
+    if which == SEGBASE_FS:
+        cpu.write_msr(MSR_FS_BASE, base)
+    elif which == SEGBASE_GS_USER:
+        cpu.write_msr(MSR_SHADOW_GS_BASE if v.kernel_mode else MSR_GS_BASE, base)
+    elif which == SEGBASE_GS_KERNEL:
+        cpu.write_msr(MSR_GS_BASE if v.kernel_mode else MSR_SHADOW_GS_BASE, base)
+    else:
+        return -Errno.EINVAL
     return 0

@@ -79,3 +79,8 @@ def update_descriptor(v: "Vcpu", ma: int, desc: int) -> int:
 @hypercall("update_descriptor", 4, abis=(Width.X86_32,))
 def do_update_descriptor32(v: "Vcpu", ma_lo: int, ma_hi: int, d_lo: int, d_hi: int) -> int:
     return update_descriptor(v, (ma_hi << 32) | ma_lo, (d_hi << 32) | d_lo)
+
+
+@hypercall("update_descriptor", 2, abis=(Width.X86_64,))
+def do_update_descriptor64(v: "Vcpu", ma: int, desc: int) -> int:
+    return update_descriptor(v, ma, desc)

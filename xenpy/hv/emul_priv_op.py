@@ -93,6 +93,94 @@ def emulate(v: "Vcpu", eip: int) -> bool:
     return False
 
 
+_GPR64 = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+          "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE = 0xC0000100, 0xC0000101, 0xC0000102
+
+
+def emulate64(v: "Vcpu", rip: int) -> bool:
+    """The 64-bit guest kernel's privileged instructions (it runs at CPL 3)."""
+    code = _fetch(v, rip, 4)
+    if not code:
+        return False
+    cpu = v.cpu
+    rex = 0
+    n = 0
+    if 0x40 <= code[0] <= 0x4F:
+        rex, n = code[0], 1
+    op = code[n:]
+    if op[:1] in (b"\xfa", b"\xfb") and not rex:
+        if v.iopl < 1:
+            return False
+        v.vcpu_info.evtchn_upcall_mask = 1 if op[0] == 0xFA else 0
+        cpu.set_reg("rip", rip + 1)
+        return True
+    if len(op) < 2 or op[0] != 0x0F:
+        return False
+    if op[1] == 0x06:
+        v.cr0_ts = False
+        cpu.set_reg("rip", rip + n + 2)
+        return True
+    if op[1] == 0x09:
+        cpu.set_reg("rip", rip + n + 2)
+        return True
+    if op[1] in (0x20, 0x22) and len(op) >= 3 and op[2] >> 6 == 3:
+        reg = _GPR64[(op[2] & 7) | (8 if rex & 1 else 0)]
+        crn = ((op[2] >> 3) & 7) | (8 if rex & 4 else 0)
+        if op[1] == 0x20:
+            value = read_cr64(v, crn)
+            if value is None:
+                return False
+            cpu.set_reg(reg, value)
+        else:
+            value = cpu.reg(reg)
+            if crn == 3:
+                from . import mm
+                if mm.new_guest_cr3(v, value >> PAGE_SHIFT) != 0:
+                    return False
+            elif not write_cr(v, crn, value):
+                return False
+        cpu.set_reg("rip", rip + n + 3)
+        return True
+    if op[1] in (0x30, 0x32):
+        msr = cpu.reg("rcx") & 0xFFFFFFFF
+        if op[1] == 0x32:
+            value = read_msr64(v, msr)
+            if value is None:
+                return False
+            cpu.set_regs(rax=value & 0xFFFFFFFF, rdx=value >> 32)
+        else:
+            value = (cpu.reg("rdx") & 0xFFFFFFFF) << 32 | (cpu.reg("rax") & 0xFFFFFFFF)
+            if not write_msr64(v, msr, value):
+                return False
+        cpu.set_reg("rip", rip + n + 2)
+        return True
+    return False
+
+
+def read_cr64(v: "Vcpu", n: int) -> int | None:
+    if n == 3:
+        return v.guest_table << PAGE_SHIFT
+    return read_cr(v, n)
+
+
+def read_msr64(v: "Vcpu", msr: int) -> int | None:
+    if msr in (MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE):
+        return v.cpu.read_msr(msr)
+    return read_msr(v, msr)
+
+
+def write_msr64(v: "Vcpu", msr: int, value: int) -> bool:
+    """FS/GS base writes, with #GP on a non-canonical address as on hardware."""
+    from .traps64 import canonical
+    if msr in (MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE):
+        if not canonical(value):
+            return False
+        v.cpu.write_msr(msr, value)
+        return True
+    return read_msr(v, msr) == value
+
+
 def read_cr(v: "Vcpu", n: int) -> int | None:
     cpu = v.cpu
     if n == 0:

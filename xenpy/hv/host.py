@@ -16,9 +16,10 @@ import unicorn as uc
 from ..abi.xen import FLAT_RING1_CS, FLAT_RING1_DS, PAGE_SIZE, Width
 from ..backends.console import ConsoleBackend
 from . import (callback, console, descriptor_tables, event_channel, grant_table,  # noqa: F401
-               iret, memory, mm, multicall, physdev, sched, version)
+               iret, memory, mm, multicall, physdev, sched, traps64, version)
 from .domain import Domain
 from .layout import SEL_RING0_CS, SEL_RING0_DS, SEL_TSS, DomainLayout32, HostLayout32
+from .layout64 import DomainLayout64, HostLayout64
 from .machine import MachineMemory
 from .vcpu import Vcpu
 
@@ -33,6 +34,7 @@ class Host:
     def __init__(self, memory_mib: int = 256) -> None:
         self.mem = MachineMemory(memory_mib)
         self.layout32 = HostLayout32.create(self.mem)
+        self.layout64: HostLayout64 | None = None      # built with the first 64-bit domain
         self.domains: dict[int, Domain] = {}
         self.consoles = ConsoleBackend()
         self.xenstored = None                      # set by enable_xenstore()
@@ -48,12 +50,15 @@ class Host:
     def create_domain(self, name: str, width: Width, memory_mib: int, vcpus: int = 1) -> Domain:
         if any(d.name == name for d in self.domains.values()):
             raise ValueError(f"a domain named {name!r} already exists")
-        if width != Width.X86_32:
-            raise ValueError("only 32-bit PAE (xen-3.0-x86_32p) domains are supported so far")
         domid = self._next_domid
         self._next_domid += 1
         d = Domain(self, domid, name, width, memory_mib << (20 - 12))
-        d.hv_layout = DomainLayout32.create(self.mem, self.layout32, vcpus)
+        if width == Width.X86_32:
+            d.hv_layout = DomainLayout32.create(self.mem, self.layout32, vcpus)
+        else:
+            if self.layout64 is None:
+                self.layout64 = HostLayout64.create(self.mem)
+            d.hv_layout = DomainLayout64.create(self.mem, self.layout64, vcpus)
         d.xen_frames.extend(d.hv_layout.frames)
         d.grant_frames = []
         d.console_sink = None
@@ -78,6 +83,9 @@ class Host:
         Unicorn starts at CPL 0 and a hook cannot lower the CPL, so the vCPU begins in
         the firmware's iretd with a frame that lands on the kernel entry in ring 1.
         """
+        if v.domain.width == Width.X86_64:
+            traps64.initial_state(v, entry=entry, stack=stack, start_info=start_info, cr3=cr3)
+            return
         cpu = v.cpu
         lay = v.domain.hv_layout
         cpu.set_reg("cr4", CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT)
@@ -173,14 +181,14 @@ class Host:
         try:
             v.run_slice()
         except uc.UcError as e:
-            eip = v.cpu.reg("eip")
-            d.crash(f"the CPU stopped: {e} at eip {eip:#x}")
+            ip = v.cpu.reg("eip" if d.width == Width.X86_32 else "rip")
+            d.crash(f"the CPU stopped: {e} at {ip:#x}")
         finally:
             self._current = None
             d.cpu_time += time.perf_counter() - t0
         if not (self._preempted or v.yielded or v.blocked or not d.runnable):
-            d.crash(f"the CPU stopped unexpectedly at eip {v.cpu.reg('eip'):#x} "
-                    "(triple fault?)")
+            ip = v.cpu.reg("eip" if d.width == Width.X86_32 else "rip")
+            d.crash(f"the CPU stopped unexpectedly at {ip:#x} (triple fault?)")
 
     def close(self) -> None:
         for d in list(self.domains.values()):

@@ -32,8 +32,8 @@ class Hypercall:
     abis: frozenset[Width]
 
 
-TABLE: list[Hypercall | None] = [None] * NR_HYPERCALLS
-"""Built at import time from the @hypercall rows; read-only afterwards."""
+TABLE: dict[Width, list[Hypercall | None]] = {w: [None] * NR_HYPERCALLS for w in Width}
+"""One column per guest ABI, built at import time from the @hypercall rows."""
 
 
 def hypercall(name: str, nargs: int, abis: tuple[Width, ...] = (Width.X86_32, Width.X86_64)):
@@ -41,9 +41,11 @@ def hypercall(name: str, nargs: int, abis: tuple[Width, ...] = (Width.X86_32, Wi
     nr = HYPERCALL_NR[name]
 
     def register(fn: Callable[..., int]) -> Callable[..., int]:
-        if TABLE[nr] is not None:
-            raise RuntimeError(f"hypercall {name} registered twice")
-        TABLE[nr] = Hypercall(nr, name, fn, nargs, frozenset(abis))
+        row = Hypercall(nr, name, fn, nargs, frozenset(abis))
+        for abi in abis:
+            if TABLE[abi][nr] is not None:
+                raise RuntimeError(f"hypercall {name} registered twice for {abi.name}")
+            TABLE[abi][nr] = row
         return fn
     return register
 
@@ -54,8 +56,8 @@ class Continue(Exception):
 
 def dispatch(v: "Vcpu", nr: int, args: tuple[int, ...]) -> int | None:
     """Run hypercall ``nr`` for ``v``; the result to put in eax/rax (None: leave it)."""
-    hc = TABLE[nr] if 0 <= nr < NR_HYPERCALLS else None
-    if hc is None or v.domain.width not in hc.abis:
+    hc = TABLE[v.domain.width][nr] if 0 <= nr < NR_HYPERCALLS else None
+    if hc is None:
         v.domain.log_once(f"hypercall {nr}", "unimplemented hypercall %d (%s)", nr,
                           HYPERCALLS.get(nr, "unknown"))
         return -Errno.ENOSYS

@@ -46,3 +46,27 @@ def do_iret(v: "Vcpu") -> int:
     else:
         cpu.set_regs(eax=eax, esp=esp + 4, eip=v.fw_iret)
     raise Continue
+
+
+@hypercall("iret", 0, abis=(Width.X86_64,))
+def do_iret64(v: "Vcpu") -> int:
+    """Xen's 64-bit do_iret: struct iret_context at RSP (rax r11 rcx flags rip cs rflags rsp ss)."""
+    from .traps64 import set_ip, toggle_guest_mode
+    from ..abi.xen import VGCF_in_syscall
+    cpu = v.cpu
+    rsp = cpu.reg("rsp")
+    rax, r11, rcx, flags, rip, cs, rflags, usp, ss = struct.unpack("<9Q", v.gmem.read(rsp, 72))
+    if (cs & 3) == 3:
+        if not v.guest_table_user:
+            v.domain.crash("iret to user mode without a user page table")
+            raise Continue
+        toggle_guest_mode(v)
+    if v.domain.vm_assist & (1 << 4):          # VMASST_TYPE_architectural_iopl
+        v.iopl = (rflags & EFLAGS_IOPL) >> 12
+    regs = {"rax": rax, "rflags": (rflags & ~(EFLAGS_IOPL | EFLAGS_VM)) | EFLAGS_IF, "rsp": usp}
+    if not flags & VGCF_in_syscall:
+        regs["r11"], regs["rcx"] = r11, rcx
+    cpu.set_regs(**regs)
+    v.vcpu_info.evtchn_upcall_mask = 0 if rflags & EFLAGS_IF else 1
+    set_ip(v, rip)
+    raise Continue

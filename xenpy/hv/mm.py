@@ -22,11 +22,11 @@ from ..abi.errno import Errno
 from ..abi.xen import (MMU_MACHPHYS_UPDATE, MMU_NORMAL_PT_UPDATE, MMU_PT_UPDATE_PRESERVE_AD,
                        MMUEXT_CLEAR_PAGE, MMUEXT_COPY_PAGE, MMUEXT_FLUSH_CACHE,
                        MMUEXT_FLUSH_CACHE_GLOBAL, MMUEXT_INVLPG_ALL, MMUEXT_INVLPG_LOCAL,
-                       MMUEXT_INVLPG_MULTI, MMUEXT_NEW_BASEPTR, MMUEXT_PIN_L1_TABLE,
+                       MMUEXT_INVLPG_MULTI, MMUEXT_NEW_BASEPTR, MMUEXT_NEW_USER_BASEPTR, MMUEXT_PIN_L1_TABLE,
                        MMUEXT_PIN_L2_TABLE, MMUEXT_PIN_L3_TABLE, MMUEXT_PIN_L4_TABLE,
                        MMUEXT_SET_LDT, MMUEXT_TLB_FLUSH_ALL, MMUEXT_TLB_FLUSH_LOCAL,
                        MMUEXT_TLB_FLUSH_MULTI, MMUEXT_UNPIN_TABLE, PAGE_SHIFT, PAGE_SIZE,
-                       _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW,
+                       _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_USER,
                        DOMID_SELF, VMASST_CMD_disable, VMASST_CMD_enable,
                        VMASST_TYPE_4gb_segments, VMASST_TYPE_4gb_segments_notify,
                        VMASST_TYPE_architectural_iopl, VMASST_TYPE_m2p_strict,
@@ -72,8 +72,11 @@ def _guest_slots(d: "Domain", level: int, mfn: int) -> range:
             return range(FIRST_HV_L2_SLOT)
         return range(512)
     if level == PageType.l4:
-        return range(512)            # the 64-bit reserved slots are handled in pv64 (issue 5)
+        return _L4_GUEST_SLOTS
     return range(512)
+
+
+_L4_GUEST_SLOTS = [i for i in range(512) if not 256 <= i <= 271]   # Xen's slots 256-271
 
 
 # --- type references -----------------------------------------------------------------------
@@ -106,6 +109,8 @@ def put_page_type(d: "Domain", mfn: int) -> None:
 def _validate(d: "Domain", mfn: int, level: int) -> None:
     """alloc_lN_table: take a reference for every entry, undoing all on failure."""
     taken: list[int] = []
+    if d.width == Width.X86_64:
+        _adjust_user_bits(d, mfn, level)
     entries = _entries(d, mfn)
     try:
         for i in _guest_slots(d, level, mfn):
@@ -117,6 +122,17 @@ def _validate(d: "Domain", mfn: int, level: int) -> None:
         for i in taken:
             _put_entry(d, level, entries[i])
         raise
+    if d.width == Width.X86_64 and level == PageType.l4:
+        d.hv_layout.install(d.mem, mfn)
+
+
+def _adjust_user_bits(d: "Domain", mfn: int, level: int) -> None:
+    """adjust_guest_lNe: a 64-bit PV kernel runs at CPL 3, so its mappings carry _PAGE_USER."""
+    base = mfn << PAGE_SHIFT
+    for i in _guest_slots(d, level, mfn):
+        e = d.mem.read_u64(base + 8 * i)
+        if e & _PAGE_PRESENT and not e & _PAGE_USER:
+            d.mem.write_u64(base + 8 * i, e | _PAGE_USER)
 
 
 def _devalidate(d: "Domain", mfn: int, level: int) -> None:
@@ -172,6 +188,8 @@ def mod_entry(d: "Domain", table: int, index: int, new: int, preserve_ad: bool =
     if preserve_ad:
         new = (new & ~(_PAGE_ACCESSED | _PAGE_DIRTY)) | (old & (_PAGE_ACCESSED | _PAGE_DIRTY))
     if new & _PAGE_PRESENT:
+        if d.width == Width.X86_64:
+            new |= _PAGE_USER
         _get_entry(d, level, new, slot=index)
     mem.write_u64(addr, new)
     if old & _PAGE_PRESENT:
@@ -264,6 +282,11 @@ def do_update_va_mapping32(v: "Vcpu", va: int, lo: int, hi: int, flags: int) -> 
     return _update_va_mapping(v, va, (hi << 32) | lo, flags)
 
 
+@hypercall("update_va_mapping", 3, abis=(Width.X86_64,))
+def do_update_va_mapping64(v: "Vcpu", va: int, val: int, flags: int) -> int:
+    return _update_va_mapping(v, va, val, flags)
+
+
 def new_guest_cr3(v: "Vcpu", mfn: int) -> int:
     d = v.domain
     level = PageType.l3 if d.width == Width.X86_32 else PageType.l4
@@ -272,8 +295,30 @@ def new_guest_cr3(v: "Vcpu", mfn: int) -> int:
     except PageError as e:
         d.log_once(f"cr3 {e}", "new baseptr %#x: %s", mfn, e)
         return -e.errno
-    old = v.gmem.cr3 >> PAGE_SHIFT
-    v.set_cr3(mfn << PAGE_SHIFT)
+    old = v.guest_table
+    v.guest_table = mfn
+    if d.width == Width.X86_32 or v.kernel_mode:
+        v.set_cr3(mfn << PAGE_SHIFT)
+    if old:
+        put_page_type(d, old)
+    return 0
+
+
+def new_guest_user_cr3(v: "Vcpu", mfn: int) -> int:
+    """MMUEXT_NEW_USER_BASEPTR: the 64-bit guest's user-mode page tables (0 = none)."""
+    d = v.domain
+    if d.width != Width.X86_64:
+        return -Errno.EINVAL
+    if mfn:
+        try:
+            get_page_type(d, mfn, PageType.l4)
+        except PageError as e:
+            d.log_once(f"ucr3 {e}", "new user baseptr %#x: %s", mfn, e)
+            return -e.errno
+    old = v.guest_table_user
+    v.guest_table_user = mfn
+    if not v.kernel_mode:
+        v.set_cr3(mfn << PAGE_SHIFT)
     if old:
         put_page_type(d, old)
     return 0
@@ -327,6 +372,8 @@ def _mmuext_one(v: "Vcpu", cmd: int, arg1: int, arg2: int) -> int:
         return 0
     if cmd == MMUEXT_NEW_BASEPTR:
         return new_guest_cr3(v, arg1)
+    if cmd == MMUEXT_NEW_USER_BASEPTR:
+        return new_guest_user_cr3(v, arg1)
     if cmd in (MMUEXT_TLB_FLUSH_LOCAL, MMUEXT_INVLPG_LOCAL):
         _flush(v, all_vcpus=False)
         return 0

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..abi.xen import Width
 from ..cpu.x86 import X86Cpu
-from . import traps
+from . import traps, traps64
 from .guest_access import GuestMemory
 
 if TYPE_CHECKING:
@@ -67,8 +67,21 @@ class Vcpu:
         self.instructions = 0
         self.debugreg = [0] * 8
         self.in_hypercall = False
+        # x86-64 PV: kernel/user mode, their page tables, the syscall entry point
+        self.kernel_mode = True
+        self.guest_table = 0
+        self.guest_table_user = 0
+        self.syscall_callback = 0
+        self.syscall_mask_events = False
+        self.in_syscall_hook = False
+        self.nmi_callback = 0
+        self.ldt = (0, 0)
+        self.poll_ports = False
         self._wake = threading.Event()
-        traps.install_hooks(self)
+        if domain.width == Width.X86_32:
+            traps.install_hooks(self)
+        else:
+            traps64.install_hooks(self)
 
     def vcpu_info_pending(self) -> bool:
         """An upcall is due: events pending and not masked (checked on every guest entry)."""

@@ -23,7 +23,8 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..abi.xen import (FLAT_RING1_CS, FLAT_RING1_DS, HYPERVISOR_VIRT_START_PAE, PAGE_SHIFT,
+from ..abi.xen import (FLAT_RING1_CS, FLAT_RING1_DS, FLAT_RING3_SS64, HYPERVISOR_VIRT_END_X86_64,
+                       HYPERVISOR_VIRT_START_PAE, HYPERVISOR_VIRT_START_X86_64, PAGE_SHIFT,
                        PAGE_SIZE, Width, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW,
                        _PAGE_USER)
 from ..errors import BuildError
@@ -39,7 +40,8 @@ PAE_L3_PROT = _PAGE_PRESENT
 SLACK = 512 * 1024
 ALIGN = 4 << 20
 
-SUPPORTED_TYPES = {"xen-3.0-x86_32p": Width.X86_32}
+SUPPORTED_TYPES = {"xen-3.0-x86_32p": Width.X86_32, "xen-3.0-x86_64": Width.X86_64}
+HV_HOLE_64 = (HYPERVISOR_VIRT_START_X86_64, HYPERVISOR_VIRT_END_X86_64)
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,9 @@ def plan_layout(image: XenElfImage, nr_pages: int, width: Width) -> DomainLayout
         raise BuildError(f"the initial mapping ends at {virt_end:#x}, inside the hypervisor "
                          f"hole at {HYPERVISOR_VIRT_START_PAE:#x}: use less memory or a lower "
                          "VIRT_BASE")
+    if width == Width.X86_64 and vb < HV_HOLE_64[1] and virt_end > HV_HOLE_64[0]:
+        raise BuildError(f"the kernel mapping {vb:#x}-{virt_end:#x} overlaps Xen's reserved "
+                         f"range {HV_HOLE_64[0]:#x}-{HV_HOLE_64[1]:#x}")
     mapped = (virt_end - vb) >> PAGE_SHIFT
     if mapped > nr_pages:
         raise BuildError(f"the kernel and boot structures need {mapped} pages "
@@ -210,7 +215,8 @@ def build_pv_domain(host: "Host", d: "Domain", image: XenElfImage, cmdline: str 
     # pin the top-level table and point vCPU 0 at it
     mm.pin_initial_tables(d, top_mfn)
     v = d.vcpus[0]
-    v.kernel_ss = FLAT_RING1_DS
+    v.guest_table = top_mfn
+    v.kernel_ss = FLAT_RING1_DS if width == Width.X86_32 else FLAT_RING3_SS64
     v.kernel_sp = lay.va(lay.bootstack_pfn) + PAGE_SIZE
     host.boot_vcpu(v, entry=image.entry, stack=v.kernel_sp, start_info=d.start_info_va,
                    cr3=top_mfn << PAGE_SHIFT)

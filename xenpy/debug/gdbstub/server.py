@@ -15,6 +15,7 @@ import threading
 
 from xenpy.debug.gdbstub.stub import GdbStub
 from xenpy.debug.gdbstub.target import Target
+from xenpy.debug.gdbstub.xml import target_description
 from xenpy.errors import ProtocolError
 
 log = logging.getLogger("xenpy.debug.gdbstub")
@@ -24,11 +25,11 @@ class GdbServer:
     """Listen on host:port (port 0 picks a free one; see `address`)."""
 
     def __init__(self, target: Target, host: str = "127.0.0.1", port: int = 0) -> None:
+        target_description(target.arch)  # a bad arch is a ConfigError now, not per connection
         self.target = target
         self._listener = socket.create_server((host, port))
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
-        self.connections = 0
 
     @property
     def address(self) -> tuple[str, int]:
@@ -56,7 +57,6 @@ class GdbServer:
                 sock, peer = self._listener.accept()
             except OSError:
                 return
-            self.connections += 1
             log.info("gdb connected from %s", peer)
             with sock:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""CPU-bound guest code: the `spin` guest's LCG loop under xenpy vs the same bytes on bare Unicorn.
+
+xenpy runs the guest as `xenpy run spin --cmdline n=N` would (ring 1, PAE paging, the
+hypervisor's hooks installed, the 10 ms preemption ticker running).  Its loop time is the
+time from the guest's first console write ("spin: n=N", printed just before the loop) to
+its last ("spin: done X", just after), so boot and shutdown are not counted.
+
+The baseline loads the same ELF's PT_LOAD segments into a bare Unicorn (flat 32-bit, no
+paging, no hooks) and calls ``main`` (found through the ELF symbols; the loop is inlined
+there) with ``xg_cmdline_ulong`` and ``xg_printf`` stubbed.  Both answers are checked
+against the LCG computed in Python.  Runs alternate (bare, xenpy, bare, ...) so drifting
+machine load hits both alike.  Goal: ratio xenpy/bare >= 0.95.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+import capstone
+
+from _common import (BareGuest, BenchError, emit_json, guest_path, median, run_under_xenpy,
+                     spread, table)
+
+A, C, M = 1664525, 1013904223, 1 << 32
+
+
+def lcg(n: int) -> int:
+    """x(n) for x(0)=1, x(i+1) = A*x(i) + C mod 2^32, by squaring the affine map (O(log n))."""
+    ra, rc = 1, 0            # accumulated map x -> ra*x + rc
+    a, c = A, C              # map for the current power of two
+    while n:
+        if n & 1:
+            ra, rc = (a * ra) % M, (a * rc + c) % M
+        a, c = (a * a) % M, (a * c + c) % M
+        n >>= 1
+    return (ra + rc) % M
+
+
+def loop_instructions(bare: BareGuest) -> int:
+    """Instructions per iteration: the body of main's backward conditional branch."""
+    main = bare.main
+    code = bytes(bare.uc.mem_read(main, 256))
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
+    insns = list(md.disasm(code, main))
+    for i, ins in enumerate(insns):
+        if ins.mnemonic.startswith("j") and ins.mnemonic != "jmp" and ins.op_str.startswith("0x"):
+            target = int(ins.op_str, 16)
+            if target < ins.address:
+                return sum(1 for x in insns[:i + 1] if x.address >= target)
+        if ins.mnemonic == "ret":
+            break
+    raise BenchError("no backward branch in spin's main: cannot count the loop's instructions")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=100_000_000, help="loop iterations (default 1e8)")
+    ap.add_argument("--repeat", type=int, default=5, help="runs of each (median reported)")
+    args = ap.parse_args(argv)
+    n = args.n
+    if not 0 < n < 1 << 32:
+        ap.error(f"-n: expected 1..2^32-1, got {n}")
+    want = lcg(n)
+
+    bare = BareGuest(guest_path("spin"), n)
+    ipi = loop_instructions(bare)
+    bare_t: list[float] = []
+    xen_t: list[float] = []
+    xen_total: list[float] = []
+    xen_boot: list[float] = []
+    for _ in range(args.repeat):
+        bare_t.append(bare.call_main())
+        fmt, got = bare.last_printf()
+        if "done" not in fmt or got != want:
+            raise BenchError(f"bare spin: expected 'done' {want:08x}, got {fmt!r} {got:08x}")
+        r = run_under_xenpy("spin", cmdline=f"n={n}")
+        out = r.output.decode("ascii", "replace")
+        m = re.search(r"spin: done ([0-9a-f]{8})", out)
+        if m is None or int(m.group(1), 16) != want:
+            raise BenchError(f"xenpy spin: expected 'spin: done {want:08x}', got {out[-200:]!r}")
+        xen_t.append(r.last_byte - r.first_byte)
+        xen_total.append(r.t_end - r.t_start)
+        xen_boot.append(r.t_booted - r.t_start)
+
+    bt, xt = median(bare_t), median(xen_t)
+    mips = lambda t: n * ipi / t / 1e6          # noqa: E731
+    ratio = bt / xt                              # speed ratio: xenpy rate / bare rate
+    print(f"cpu_bound: spin guest, n={n:,} iterations x {ipi} instructions, "
+          f"{args.repeat} runs each (median; spread = (max-min)/median)\n")
+    print(table(["what", "median s", "M iter/s", "MIPS", "spread"], [
+        ["bare Unicorn, main()", bt, n / bt / 1e6, mips(bt), spread(bare_t)],
+        ["xenpy, first->last console byte", xt, n / xt / 1e6, mips(xt), spread(xen_t)],
+        ["xenpy, Host()+boot+run+close", median(xen_total), n / median(xen_total) / 1e6,
+         mips(median(xen_total)), spread(xen_total)],
+        ["xenpy, Host()+boot_domain() only", median(xen_boot), "", "", spread(xen_boot)],
+    ]))
+    print(f"\nratio xenpy/bare (loop rate) = {ratio:.3f}   (goal >= 0.95: "
+          f"{'met' if ratio >= 0.95 else 'NOT met'})")
+    emit_json({"bench": "cpu_bound", "n": n, "insns_per_iter": ipi, "repeat": args.repeat,
+               "bare_s": bt, "xenpy_loop_s": xt, "xenpy_total_s": median(xen_total),
+               "bare_mips": mips(bt), "xenpy_mips": mips(xt), "ratio": ratio})
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as e:
+        print(f"cpu_bound: {e}", file=sys.stderr)
+        sys.exit(1)

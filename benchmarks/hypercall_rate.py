@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Null hypercalls per second: the `nullhc` guest under xenpy vs the same loop with an empty hook.
+
+xenpy runs `nullhc` (n calls of ``xen_version(XENVER_version, NULL)`` through the hypercall
+page) and the rate is n / (time from the guest's first console write, just before the
+loop, to its last, just after).
+
+The baselines run the same ``main`` of the same ELF on a bare Unicorn (flat 32-bit, the
+hypercall page xenpy writes, ``xg_cmdline_ulong``/``xg_printf`` stubbed) with an
+``int 0x82`` hook that does nothing: once registered through the C API with a ctypes
+thunk (the mechanism xenpy uses, so "xenpy / raw" is xenpy's dispatch overhead) and once
+through the Python binding's ``hook_add`` (for reference).  Goal: >= 500k/s.
+
+``--profile`` also runs the guest under cProfile and prints where the time goes
+(cProfile inflates the cost of small Python functions; read shares, not absolute times).
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import re
+import sys
+
+import unicorn as uc
+
+from _common import (BareGuest, BenchError, add_raw_intr_hook, emit_json, guest_path, median,
+                     run_under_xenpy, spread, table)
+
+GOAL = 500_000
+
+
+def bare_rate(n: int, raw: bool, repeat: int) -> list[float]:
+    """Seconds per run of nullhc's main on bare Unicorn with an empty int-0x82 hook."""
+    bare = BareGuest(guest_path("nullhc"), n)
+    def hook(_intno: int) -> None:
+        pass
+
+    if raw:
+        keep = add_raw_intr_hook(bare.uc, hook)   # noqa: F841 - the thunk must stay alive
+    else:
+        bare.uc.hook_add(uc.UC_HOOK_INTR, lambda _uc, intno, _ud: None)
+    times = []
+    for _ in range(repeat):
+        times.append(bare.call_main())
+        fmt, arg = bare.last_printf()
+        if "done" not in fmt or arg != n:
+            raise BenchError(f"bare nullhc: expected 'done' {n}, got {fmt!r} {arg}")
+    return times
+
+
+def xenpy_run(n: int) -> float:
+    r = run_under_xenpy("nullhc", cmdline=f"n={n}")
+    out = r.output.decode("ascii", "replace")
+    if not re.search(rf"nullhc: done {n}\b", out):
+        raise BenchError(f"xenpy nullhc: expected 'nullhc: done {n}', got {out[-200:]!r}")
+    return r.last_byte - r.first_byte
+
+
+def profile(n: int, top: int) -> None:
+    prof = cProfile.Profile()
+    prof.enable()
+    xenpy_run(n)
+    prof.disable()
+    s = io.StringIO()
+    st = pstats.Stats(prof, stream=s)
+    st.sort_stats("tottime").print_stats(top)
+    print(f"\ncProfile of one xenpy run, n={n:,} (sorted by own time):")
+    print("\n".join(line for line in s.getvalue().splitlines() if line.strip())[:6000])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=300_000, help="hypercalls per run (default 3e5)")
+    ap.add_argument("--repeat", type=int, default=5, help="runs of each (median reported)")
+    ap.add_argument("--profile", action="store_true", help="also print a cProfile of xenpy")
+    args = ap.parse_args(argv)
+    n = args.n
+    if not 0 < n < 1 << 32:
+        ap.error(f"-n: expected 1..2^32-1, got {n}")
+
+    raw_t: list[float] = []
+    bind_t: list[float] = []
+    xen_t: list[float] = []
+    for _ in range(args.repeat):
+        raw_t += bare_rate(n, raw=True, repeat=1)
+        bind_t += bare_rate(n, raw=False, repeat=1)
+        xen_t.append(xenpy_run(n))
+
+    rate = lambda t: n / t                        # noqa: E731
+    r_raw, r_bind, r_xen = rate(median(raw_t)), rate(median(bind_t)), rate(median(xen_t))
+    us = lambda r: 1e6 / r                        # noqa: E731
+    print(f"hypercall_rate: nullhc guest, n={n:,} xen_version calls, {args.repeat} runs each "
+          f"(median; spread = (max-min)/median)\n")
+    print(table(["what", "calls/s", "us/call", "spread"], [
+        ["bare Unicorn, empty raw ctypes hook", r_raw, us(r_raw), spread(raw_t)],
+        ["bare Unicorn, empty binding hook", r_bind, us(r_bind), spread(bind_t)],
+        ["xenpy (first->last console byte)", r_xen, us(r_xen), spread(xen_t)],
+    ]))
+    print(f"\nxenpy / raw-hook baseline = {r_xen / r_raw:.3f}; xenpy's dispatch costs "
+          f"{us(r_xen) - us(r_raw):.2f} us per call over an empty hook")
+    print(f"goal >= {GOAL:,}/s: {'met' if r_xen >= GOAL else 'NOT met'} ({r_xen:,.0f}/s)")
+    if args.profile:
+        profile(n, 25)
+    emit_json({"bench": "hypercall_rate", "n": n, "repeat": args.repeat,
+               "xenpy_per_s": r_xen, "bare_raw_per_s": r_raw, "bare_binding_per_s": r_bind,
+               "xenpy_us_per_call": us(r_xen), "overhead_us_per_call": us(r_xen) - us(r_raw),
+               "ratio_vs_raw": r_xen / r_raw})
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as e:
+        print(f"hypercall_rate: {e}", file=sys.stderr)
+        sys.exit(1)

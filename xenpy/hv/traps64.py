@@ -1,0 +1,242 @@
+"""Traps for 64-bit PV guests: Xen's x86-64 PV model on Unicorn.
+
+The guest kernel and its user processes both run at CPL 3; the hypervisor tells them
+apart (Xen's TF_kernel_mode) and switches between them itself — page-table base
+(guest_table / guest_table_user) and GS base (as swapgs would).  So no transition
+ever changes the CPL and everything is register writes:
+
+* ``syscall`` in kernel mode is a hypercall (args rdi rsi rdx r10 r8 r9, result rax);
+  in user mode it goes to the guest's syscall callback, with rcx/r11 as the
+  instruction would have left them.  Unicorn adds 2 to RIP after the syscall hook
+  even when the hook wrote RIP (unicorn-notes §3), so targets are written minus 2.
+* exceptions and ``int N`` arrive at the interrupt hook and are bounced in Xen's
+  64-bit frame: from the top RCX, R11, [error code], RIP, CS, RFLAGS, RSP, SS, on the
+  kernel stack (16-byte aligned), the saved event mask in CS bits 32-39, a kernel
+  CS reported with RPL 0; from user mode the switch to kernel mode and stack first.
+"""
+from __future__ import annotations
+
+import logging
+import struct
+from typing import TYPE_CHECKING
+
+from ..abi.xen import (FLAT_RING3_CS64, FLAT_RING3_SS64, TI_DPL_MASK, TI_FLAG_IF,
+                       TRAP_gp_fault, TRAP_invalid_op, TRAP_page_fault, TRAPS_WITH_ERROR_CODE)
+from . import emul_priv_op, hypercall as hc
+from .guest_access import PFEC_user, GuestFault
+from .traps import (_FORCED_EMUL, _HW_TRACKED, EFLAGS_IF, EFLAGS_IOPL, EFLAGS_NT, EFLAGS_RF,
+                    EFLAGS_TF, EFLAGS_VM)
+
+if TYPE_CHECKING:
+    from .vcpu import TrapEntry, Vcpu
+
+log = logging.getLogger("xenpy.traps64")
+MSR_FS_BASE = 0xC0000100
+MSR_GS_BASE = 0xC0000101
+MSR_SHADOW_GS_BASE = 0xC0000102
+MASK64 = 0xFFFFFFFFFFFFFFFF
+
+
+def canonical(addr: int) -> bool:
+    return addr < 0x0000800000000000 or 0xFFFF800000000000 <= addr <= MASK64
+
+
+def install_hooks(v: "Vcpu") -> None:
+    v.fw_iret = v.domain.hv_layout.host.firmware.symbols["iret_tramp"]
+    hregs = v.cpu.batch(["rax", "rdi", "rsi", "rdx", "r10", "r8", "r9", "rip"])
+    rax_out = v.cpu.batch(["rax"])
+    dispatch = hc.dispatch
+    cpu = v.cpu
+
+    def on_syscall() -> None:
+        r = hregs.read()
+        v.in_syscall_hook = True
+        try:
+            if v.kernel_mode:
+                res = dispatch(v, r[0] & 0xFFFFFFFF, (r[1], r[2], r[3], r[4], r[5], r[6]))
+                if res is not None:
+                    rax_out.vals[0] = res & MASK64
+                    rax_out.write()
+                if v.vcpu_info_pending():
+                    deliver_event(v)
+            else:
+                user_syscall(v, r[7])
+        finally:
+            v.in_syscall_hook = False
+
+    cpu.on_syscall(on_syscall)
+    cpu.on_interrupt(lambda vector: do_trap(v, vector))
+    cpu.on_invalid_opcode(lambda: do_invalid_op(v))
+    cpu.on_cpuid(lambda: emul_priv_op.cpuid(v))
+    cpu.on_port_in(lambda port, size: emul_priv_op.port_in(v, port, size))
+    cpu.on_port_out(lambda port, size, val: emul_priv_op.port_out(v, port, size, val))
+
+
+def set_ip(v: "Vcpu", rip: int) -> None:
+    """Write RIP, compensating Unicorn's +2 when we are inside the syscall hook."""
+    v.cpu.set_reg("rip", (rip - 2) & MASK64 if v.in_syscall_hook else rip)
+
+
+def toggle_guest_mode(v: "Vcpu") -> None:
+    """Switch kernel<->user: page-table base and GS base, as Xen's toggle_guest_mode."""
+    cpu = v.cpu
+    gs, shadow = cpu.read_msr(MSR_GS_BASE), cpu.read_msr(MSR_SHADOW_GS_BASE)
+    cpu.write_msr(MSR_GS_BASE, shadow)
+    cpu.write_msr(MSR_SHADOW_GS_BASE, gs)
+    v.kernel_mode = not v.kernel_mode
+    table = v.guest_table if v.kernel_mode else v.guest_table_user
+    v.set_cr3(table << 12)
+
+
+def do_trap(v: "Vcpu", vector: int) -> None:
+    cpu = v.cpu
+    rip = cpu.reg("rip")
+    hardware = False
+    error_code = None
+    if vector < 32:
+        if vector in _HW_TRACKED:
+            hardware = cpu.pending_exception() == vector
+        elif vector in (1, 3, 4):
+            hardware = True
+        else:
+            hardware = _prev(v, rip) != bytes((0xCD, vector))
+    if hardware:
+        if vector in TRAPS_WITH_ERROR_CODE:
+            error_code = cpu.ack_fault()
+        else:
+            cpu.ack_fault()
+        if vector == TRAP_gp_fault and error_code == 0 and v.kernel_mode:
+            if emul_priv_op.emulate64(v, rip):
+                return
+        if vector == TRAP_page_fault:
+            v.vcpu_info.arch.cr2 = cpu.reg("cr2")
+            if v.kernel_mode:
+                error_code &= ~PFEC_user          # Xen reports guest-kernel accesses as supervisor
+        inject(v, vector, error_code, rip)
+        return
+    ti = v.trap_table[vector]
+    dpl = ti.flags & TI_DPL_MASK
+    if not ti.address or dpl < (1 if v.kernel_mode else 3):
+        inject(v, TRAP_gp_fault, (vector << 3) | 2, rip - 2)
+        return
+    inject(v, vector, None, rip)
+
+
+def _prev(v: "Vcpu", rip: int) -> bytes:
+    try:
+        return v.gmem.read(rip - 2, 2)
+    except GuestFault:
+        return b""
+
+
+def do_invalid_op(v: "Vcpu") -> bool:
+    rip = v.cpu.reg("rip")
+    try:
+        head = v.gmem.read(rip, 7)
+    except GuestFault:
+        head = b""
+    if head[:5] == _FORCED_EMUL and head[5:7] == b"\x0f\xa2":
+        v.cpu.set_reg("rip", rip + 5)
+        return True
+    inject(v, TRAP_invalid_op, None, rip)
+    return True
+
+
+def _regs(v: "Vcpu", rip: int) -> dict[str, int]:
+    c = v.cpu
+    return {"rip": rip, "cs": c.reg("cs"), "rflags": c.reg("rflags"), "rsp": c.reg("rsp"),
+            "ss": c.reg("ss"), "rcx": c.reg("rcx"), "r11": c.reg("r11")}
+
+
+def inject(v: "Vcpu", vector: int, error_code: int | None, rip: int) -> None:
+    ti = v.trap_table[vector]
+    if not ti.address:
+        v.domain.crash(f"unhandled trap {vector} (ec={error_code if error_code is not None else '-'})"
+                       f" at rip {rip:#x}" + (f", cr2 {v.vcpu_info.arch.cr2:#x}"
+                                              if vector == TRAP_page_fault else ""))
+        return
+    bounce(v, ti, error_code, _regs(v, rip))
+
+
+def bounce(v: "Vcpu", ti: "TrapEntry", error_code: int | None, regs: dict[str, int]) -> None:
+    """create_bounce_frame (x86_64/entry.S)."""
+    was_kernel = v.kernel_mode
+    if not was_kernel:
+        toggle_guest_mode(v)
+        sp = v.kernel_sp
+    else:
+        sp = regs["rsp"]
+    sp &= ~0xF
+    vi = v.vcpu_info
+    mask = vi.evtchn_upcall_mask
+    cs = (regs["cs"] & ~3) if was_kernel else (regs["cs"] | 3)
+    rflags = (regs["rflags"] & ~EFLAGS_IF) | (0 if mask else EFLAGS_IF)
+    words = [regs["rcx"], regs["r11"]]
+    if error_code is not None:
+        words.append(error_code)
+    words += [regs["rip"], (cs & 0xFFFF) | (mask << 32), rflags, regs["rsp"], regs["ss"] | 3]
+    sp = (sp - 8 * len(words)) & MASK64
+    try:
+        v.gmem.write(sp, struct.pack(f"<{len(words)}Q", *[w & MASK64 for w in words]))
+    except GuestFault as f:
+        v.domain.crash(f"cannot write a bounce frame to the guest kernel stack at {f.va:#x}")
+        return
+    if ti.flags & TI_FLAG_IF:
+        vi.evtchn_upcall_mask = 1
+    cpu = v.cpu
+    flags = regs["rflags"] & ~(EFLAGS_TF | EFLAGS_NT | EFLAGS_VM | EFLAGS_RF | EFLAGS_IOPL)
+    cpu.set_regs(rsp=sp, rflags=flags | EFLAGS_IF)
+    set_ip(v, ti.address)
+
+
+def user_syscall(v: "Vcpu", rip: int) -> None:
+    """`syscall` from guest user mode: to the registered syscall callback."""
+    from .vcpu import TrapEntry
+    cpu = v.cpu
+    regs = _regs(v, rip + 2)
+    regs["rcx"], regs["r11"] = rip + 2, regs["rflags"]
+    if not v.syscall_callback:
+        inject_from_syscall(v, TRAP_invalid_op, rip)   # Xen: no callback → #UD
+        return
+    cpu.set_regs(rcx=rip + 2, r11=regs["rflags"])
+    flags = TI_FLAG_IF if v.syscall_mask_events else 0
+    bounce(v, TrapEntry(flags, FLAT_RING3_CS64, v.syscall_callback), None, regs)
+
+
+def inject_from_syscall(v: "Vcpu", vector: int, rip: int) -> None:
+    inject(v, vector, None, rip)
+
+
+def deliver_event(v: "Vcpu") -> None:
+    from .vcpu import TrapEntry
+    _cs, rip = v.event_callback
+    if not rip:
+        return
+    cpu = v.cpu
+    cur = cpu.reg("rip")
+    if v.in_syscall_hook:
+        cur += 2
+    bounce(v, TrapEntry(TI_FLAG_IF, FLAT_RING3_CS64, rip), None, _regs(v, cur))
+
+
+def initial_state(v: "Vcpu", *, entry: int, stack: int, start_info: int, cr3: int) -> None:
+    """Xen's initial 64-bit vCPU: CPL 3 kernel mode, flat selectors, RSI = start_info."""
+    from .host import (CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_OSFXSR,
+                       CR4_OSXMMEXCPT, CR4_PAE)
+    from .layout64 import SEL_RING0_CS64, SEL_RING0_DS
+    cpu = v.cpu
+    lay = v.domain.hv_layout
+    cpu.set_reg("cr4", CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT)
+    v.set_cr3(cr3)
+    cpu.write_msr(0xC0000080, (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11))  # SCE LME LMA NXE
+    cpu.set_reg("cr0", CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG)
+    cpu.set_gdtr(lay.gdt_va(v.vcpu_id), 0xFFFF)
+    cpu.set_regs(cs=SEL_RING0_CS64, ss=SEL_RING0_DS)
+    frame = [entry, FLAT_RING3_CS64, 0x200, stack, FLAT_RING3_SS64]
+    sp = stack - 8 * len(frame)
+    v.gmem.write(sp, b"".join(x.to_bytes(8, "little") for x in frame))
+    cpu.set_regs(rax=0, rbx=0, rcx=0, rdx=0, rsi=start_info, rdi=0, rbp=0, rsp=sp,
+                 rip=v.fw_iret)
+    # DS/ES/FS/GS stay null (FLAT_KERNEL_DS64 is the null selector), as libxenguest sets them.
+    v.kernel_mode = True
+    v.online = True
