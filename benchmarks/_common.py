@@ -160,19 +160,42 @@ class BareGuest:
 _INTR_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
 
 
-def add_raw_intr_hook(u: uc.Uc, fn: Callable[[int], None]) -> object:
-    """A UC_HOOK_INTR hook registered through the C API, as xenpy/cpu/x86.py does.
+_INVALID_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_void_p)
+_IN_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
+                          ctypes.c_void_p)
+_OUT_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32,
+                           ctypes.c_void_p)
+_INSN_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p)
 
-    Returns the ctypes thunk, which the caller must keep alive.
-    """
-    thunk = _INTR_CB(lambda _h, intno, _u: fn(intno))
+
+def _raw_hook(u: uc.Uc, htype: int, thunk: object, *extra: int) -> object:
+    """Register a ctypes thunk through the C API (as xenpy/cpu/x86.py does); return the
+    thunk, which the caller must keep alive."""
     h = ctypes.c_size_t()
-    err = uclib.uc_hook_add(u._uch, ctypes.byref(h), uc.UC_HOOK_INTR,
-                            ctypes.cast(thunk, ctypes.c_void_p), None,
-                            ctypes.c_uint64(1), ctypes.c_uint64(0))
+    err = uclib.uc_hook_add(u._uch, ctypes.byref(h), htype, ctypes.cast(thunk, ctypes.c_void_p),
+                            None, ctypes.c_uint64(1), ctypes.c_uint64(0),
+                            *[ctypes.c_int(e) for e in extra])
     if err != uc.UC_ERR_OK:
-        raise BenchError(f"uc_hook_add: {uc.UcError(err)}")
+        raise BenchError(f"uc_hook_add({htype}): {uc.UcError(err)}")
     return thunk
+
+
+def add_raw_intr_hook(u: uc.Uc, fn: Callable[[int], None]) -> object:
+    """A UC_HOOK_INTR hook calling ``fn(vector)``, registered raw; keep the result alive."""
+    return _raw_hook(u, uc.UC_HOOK_INTR, _INTR_CB(lambda _h, intno, _u: fn(intno)))
+
+
+def add_empty_xenpy_hooks(u: uc.Uc) -> list[object]:
+    """The hook set xenpy installs on every vCPU (INTR, INSN_INVALID, IN, OUT, CPUID), all
+    empty: separates what merely having hooks costs Unicorn from what xenpy does."""
+    return [
+        add_raw_intr_hook(u, lambda _v: None),
+        _raw_hook(u, uc.UC_HOOK_INSN_INVALID, _INVALID_CB(lambda _h, _u: False)),
+        _raw_hook(u, uc.UC_HOOK_INSN, _IN_CB(lambda _h, _p, _s, _u: 0), x86.UC_X86_INS_IN),
+        _raw_hook(u, uc.UC_HOOK_INSN, _OUT_CB(lambda _h, _p, _s, _v, _u: None),
+                  x86.UC_X86_INS_OUT),
+        _raw_hook(u, uc.UC_HOOK_INSN, _INSN_CB(lambda _h, _u: 0), x86.UC_X86_INS_CPUID),
+    ]
 
 
 # --- statistics and output --------------------------------------------------------------------

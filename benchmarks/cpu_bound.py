@@ -9,8 +9,13 @@ its last ("spin: done X", just after), so boot and shutdown are not counted.
 The baseline loads the same ELF's PT_LOAD segments into a bare Unicorn (flat 32-bit, no
 paging, no hooks) and calls ``main`` (found through the ELF symbols; the loop is inlined
 there) with ``xg_cmdline_ulong`` and ``xg_printf`` stubbed.  Both answers are checked
-against the LCG computed in Python.  Runs alternate (bare, xenpy, bare, ...) so drifting
-machine load hits both alike.  Goal: ratio xenpy/bare >= 0.95.
+against the LCG computed in Python.  A second baseline is the same bare Unicorn with
+xenpy's hook set installed but empty (none fires in the loop): it shows what merely having
+hooks costs.  Runs alternate (bare, hooked, xenpy, bare, ...) so drifting machine load hits
+all alike.  Goal: ratio xenpy/bare >= 0.95.
+
+``--no-preempt`` (diagnosis only) sets xenpy.hv.host.QUANTUM to an hour, so the run has
+no 10 ms preemption stops: the difference is what time slicing costs.
 """
 from __future__ import annotations
 
@@ -20,8 +25,10 @@ import sys
 
 import capstone
 
-from _common import (BareGuest, BenchError, emit_json, guest_path, median, run_under_xenpy,
-                     spread, table)
+import xenpy.hv.host
+
+from _common import (BareGuest, BenchError, add_empty_xenpy_hooks, emit_json, guest_path, median,
+                     run_under_xenpy, spread, table)
 
 A, C, M = 1664525, 1013904223, 1 << 32
 
@@ -58,15 +65,26 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=100_000_000, help="loop iterations (default 1e8)")
     ap.add_argument("--repeat", type=int, default=5, help="runs of each (median reported)")
+    ap.add_argument("--no-preempt", action="store_true",
+                    help="diagnosis: run xenpy without its 10 ms preemption ticker")
     args = ap.parse_args(argv)
+    if args.no_preempt:
+        if not isinstance(getattr(xenpy.hv.host, "QUANTUM", None), float):
+            raise BenchError("--no-preempt: xenpy.hv.host.QUANTUM (a float) no longer exists")
+        xenpy.hv.host.QUANTUM = 3600.0
     n = args.n
     if not 0 < n < 1 << 32:
         ap.error(f"-n: expected 1..2^32-1, got {n}")
     want = lcg(n)
 
     bare = BareGuest(guest_path("spin"), n)
+    hooked = BareGuest(guest_path("spin"), n)
+    keep = add_empty_xenpy_hooks(hooked.uc)       # noqa: F841 - thunks must stay alive
     ipi = loop_instructions(bare)
+    bare.call_main()                              # warm-up: translation, first page touches
+    hooked.call_main()
     bare_t: list[float] = []
+    hook_t: list[float] = []
     xen_t: list[float] = []
     xen_total: list[float] = []
     xen_boot: list[float] = []
@@ -75,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         fmt, got = bare.last_printf()
         if "done" not in fmt or got != want:
             raise BenchError(f"bare spin: expected 'done' {want:08x}, got {fmt!r} {got:08x}")
+        hook_t.append(hooked.call_main())
+        if hooked.last_printf()[1] != want:
+            raise BenchError(f"hooked bare spin: expected {want:08x}, got {hooked.last_printf()}")
         r = run_under_xenpy("spin", cmdline=f"n={n}")
         out = r.output.decode("ascii", "replace")
         m = re.search(r"spin: done ([0-9a-f]{8})", out)
@@ -84,13 +105,15 @@ def main(argv: list[str] | None = None) -> int:
         xen_total.append(r.t_end - r.t_start)
         xen_boot.append(r.t_booted - r.t_start)
 
-    bt, xt = median(bare_t), median(xen_t)
+    bt, ht, xt = median(bare_t), median(hook_t), median(xen_t)
     mips = lambda t: n * ipi / t / 1e6          # noqa: E731
     ratio = bt / xt                              # speed ratio: xenpy rate / bare rate
     print(f"cpu_bound: spin guest, n={n:,} iterations x {ipi} instructions, "
-          f"{args.repeat} runs each (median; spread = (max-min)/median)\n")
+          f"{args.repeat} runs each (median; spread = (max-min)/median)"
+          f"{'; xenpy WITHOUT preemption' if args.no_preempt else ''}\n")
     print(table(["what", "median s", "M iter/s", "MIPS", "spread"], [
         ["bare Unicorn, main()", bt, n / bt / 1e6, mips(bt), spread(bare_t)],
+        ["bare Unicorn + xenpy's hooks (empty)", ht, n / ht / 1e6, mips(ht), spread(hook_t)],
         ["xenpy, first->last console byte", xt, n / xt / 1e6, mips(xt), spread(xen_t)],
         ["xenpy, Host()+boot+run+close", median(xen_total), n / median(xen_total) / 1e6,
          mips(median(xen_total)), spread(xen_total)],
@@ -98,9 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     ]))
     print(f"\nratio xenpy/bare (loop rate) = {ratio:.3f}   (goal >= 0.95: "
           f"{'met' if ratio >= 0.95 else 'NOT met'})")
+    print(f"ratio bare+hooks/bare = {bt / ht:.3f}; xenpy/(bare+hooks) = {ht / xt:.3f}")
     emit_json({"bench": "cpu_bound", "n": n, "insns_per_iter": ipi, "repeat": args.repeat,
-               "bare_s": bt, "xenpy_loop_s": xt, "xenpy_total_s": median(xen_total),
-               "bare_mips": mips(bt), "xenpy_mips": mips(xt), "ratio": ratio})
+               "preempt": not args.no_preempt, "bare_s": bt, "bare_hooks_s": ht, "xenpy_loop_s": xt, "xenpy_total_s": median(xen_total),
+               "bare_mips": mips(bt), "xenpy_mips": mips(xt), "ratio": ratio, "ratio_vs_hooked": ht / xt})
     return 0
 
 

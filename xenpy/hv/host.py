@@ -45,6 +45,7 @@ class Host:
         self._ticker: threading.Thread | None = None
         self._ticking = False
         self.hv_console: list[bytes] = []
+        self.hypercall_observers: list = []       # trace and debugger (hypercall.HypercallObserver)
 
     # --- domains -----------------------------------------------------------------------------
     def create_domain(self, name: str, width: Width, memory_mib: int, vcpus: int = 1) -> Domain:
@@ -186,6 +187,8 @@ class Host:
         finally:
             self._current = None
             d.cpu_time += time.perf_counter() - t0
+        if v.debug_stop:
+            return
         if not (self._preempted or v.yielded or v.blocked or not d.runnable):
             ip = v.cpu.reg("eip" if d.width == Width.X86_32 else "rip")
             d.crash(f"the CPU stopped unexpectedly at {ip:#x} (triple fault?)")

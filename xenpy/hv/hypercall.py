@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from ..abi.errno import Errno
 from ..abi.xen import HYPERCALL_NR, HYPERCALLS, NR_HYPERCALLS, Width
@@ -50,12 +50,41 @@ def hypercall(name: str, nargs: int, abis: tuple[Width, ...] = (Width.X86_32, Wi
     return register
 
 
+class HypercallObserver(Protocol):
+    """Watches hypercalls (the trace, gdb catchpoints).  ``before`` returning True defers
+    the call: the vCPU stops *at* the hypercall instruction, which runs again on resume."""
+
+    def before(self, v: "Vcpu", nr: int, args: tuple[int, ...]) -> bool: ...
+
+    def after(self, v: "Vcpu", nr: int, args: tuple[int, ...], result: int | None) -> None: ...
+
+
+#: Returned by dispatch when an observer deferred the call.
+DEFER = object()
+
+
 class Continue(Exception):
     """Raised by a handler that changed the vCPU's registers itself (iret): no result."""
 
 
-def dispatch(v: "Vcpu", nr: int, args: tuple[int, ...]) -> int | None:
-    """Run hypercall ``nr`` for ``v``; the result to put in eax/rax (None: leave it)."""
+def dispatch(v: "Vcpu", nr: int, args: tuple[int, ...]):
+    """Run hypercall ``nr`` for ``v``; the result to put in eax/rax (None: leave it;
+    DEFER: an observer wants the vCPU stopped before the call)."""
+    observers = v.domain.host.hypercall_observers
+    if not observers:
+        return _call(v, nr, args)
+    deferred = False
+    for o in observers:
+        deferred |= bool(o.before(v, nr, args))
+    if deferred:
+        return DEFER
+    res = _call(v, nr, args)
+    for o in observers:
+        o.after(v, nr, args, res)
+    return res
+
+
+def _call(v: "Vcpu", nr: int, args: tuple[int, ...]) -> int | None:
     hc = TABLE[v.domain.width][nr] if 0 <= nr < NR_HYPERCALLS else None
     if hc is None:
         v.domain.log_once(f"hypercall {nr}", "unimplemented hypercall %d (%s)", nr,

@@ -421,6 +421,14 @@ def do_vm_assist(v: "Vcpu", cmd: int, type_: int) -> int:
     return 0
 
 
+def ptwr_do_page_fault(v: "Vcpu", addr: int, error_code: int, ip: int) -> bool:
+    """Writable page tables (Xen's ptwr_do_page_fault): a kernel write fault on one of its
+    own read-only-mapped L1 tables is decoded, validated and applied.  Returns True when
+    the write was emulated; False bounces the fault to the guest.  Emulation arrives with
+    the memory-management work; until then every such fault is the guest's."""
+    return False
+
+
 def pin_initial_tables(d: "Domain", top_mfn: int) -> None:
     """The builder's MMUEXT_PIN_L3/L4_TABLE of the initial page tables."""
     level = PageType.l3 if d.width == Width.X86_32 else PageType.l4

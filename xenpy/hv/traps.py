@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from ..abi.xen import (FLAT_RING1_CS, HYPERCALL_VECTOR, TI_DPL_MASK, TI_FLAG_IF,
                        TRAP_gp_fault, TRAP_invalid_op, TRAP_page_fault,
                        TRAPS_WITH_ERROR_CODE)
-from . import emul_priv_op, hypercall as hc
+from . import emul_priv_op, hypercall as hc, mm
 from .guest_access import GuestFault
 
 if TYPE_CHECKING:
@@ -60,6 +60,11 @@ def install_hooks(v: "Vcpu") -> None:
                 v.in_hypercall = True
                 res = dispatch(v, r[0] & 0xFFFFFFFF, (r[1], r[2], r[3], r[4], r[5], r[6]))
                 v.in_hypercall = False
+                if res is hc.DEFER:
+                    cpu.set_reg("eip", r[8] - 2)      # back onto the int $0x82
+                    v.debug_stop = True
+                    cpu.stop()
+                    return
                 if res is not None:
                     eax_out.vals[0] = res & 0xFFFFFFFF
                     eax_out.write()
@@ -111,7 +116,10 @@ def do_trap(v: "Vcpu", vector: int) -> None:
             if emul_priv_op.emulate(v, eip):
                 return
         if vector == TRAP_page_fault:
-            v.vcpu_info.arch.cr2 = cpu.reg("cr2")
+            cr2 = cpu.reg("cr2")
+            if cs & 3 == 1 and mm.ptwr_do_page_fault(v, cr2, error_code, eip):
+                return
+            v.vcpu_info.arch.cr2 = cr2
         inject(v, vector, error_code, eip)
         return
     # A software interrupt `int N` (EIP is after the 2-byte instruction).

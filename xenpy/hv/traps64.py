@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from ..abi.xen import (FLAT_RING3_CS64, FLAT_RING3_SS64, TI_DPL_MASK, TI_FLAG_IF,
                        TRAP_gp_fault, TRAP_invalid_op, TRAP_page_fault, TRAPS_WITH_ERROR_CODE)
-from . import emul_priv_op, hypercall as hc
+from . import emul_priv_op, hypercall as hc, mm
 from .guest_access import PFEC_user, GuestFault
 from .traps import (_FORCED_EMUL, _HW_TRACKED, EFLAGS_IF, EFLAGS_IOPL, EFLAGS_NT, EFLAGS_RF,
                     EFLAGS_TF, EFLAGS_VM)
@@ -54,6 +54,11 @@ def install_hooks(v: "Vcpu") -> None:
         try:
             if v.kernel_mode:
                 res = dispatch(v, r[0] & 0xFFFFFFFF, (r[1], r[2], r[3], r[4], r[5], r[6]))
+                if res is hc.DEFER:
+                    set_ip(v, r[7])                   # back onto the syscall
+                    v.debug_stop = True
+                    cpu.stop()
+                    return
                 if res is not None:
                     rax_out.vals[0] = res & MASK64
                     rax_out.write()
@@ -109,7 +114,10 @@ def do_trap(v: "Vcpu", vector: int) -> None:
             if emul_priv_op.emulate64(v, rip):
                 return
         if vector == TRAP_page_fault:
-            v.vcpu_info.arch.cr2 = cpu.reg("cr2")
+            cr2 = cpu.reg("cr2")
+            if v.kernel_mode and mm.ptwr_do_page_fault(v, cr2, error_code, rip):
+                return
+            v.vcpu_info.arch.cr2 = cr2
             if v.kernel_mode:
                 error_code &= ~PFEC_user          # Xen reports guest-kernel accesses as supervisor
         inject(v, vector, error_code, rip)

@@ -77,6 +77,7 @@ class Vcpu:
         self.nmi_callback = 0
         self.ldt = (0, 0)
         self.poll_ports = False
+        self.debug_stop = False            # a debugger observer stopped the vCPU
         self._wake = threading.Event()
         if domain.width == Width.X86_32:
             traps.install_hooks(self)
