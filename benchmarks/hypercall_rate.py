@@ -11,19 +11,26 @@ hypercall page xenpy writes, ``xg_cmdline_ulong``/``xg_printf`` stubbed) with an
 thunk (the mechanism xenpy uses, so "xenpy / raw" is xenpy's dispatch overhead) and once
 through the Python binding's ``hook_add`` (for reference).  Goal: >= 500k/s.
 
-``--profile`` also runs the guest under cProfile and prints where the time goes
-(cProfile inflates the cost of small Python functions; read shares, not absolute times).
+``--breakdown`` times the pieces of xenpy's hypercall path one by one (timeit, on a
+booted nullhc domain, no guest running): the register batch read and write, dispatch,
+the pending-event check, and for comparison the same batch read through a ctypes
+prototype taking plain ``c_void_p`` (what the binding's pointer ``argtypes`` cost).
+``--profile`` runs the guest under cProfile (it inflates small Python functions: read
+shares, not absolute times).
 """
 from __future__ import annotations
 
 import argparse
 import cProfile
+import ctypes
 import io
 import pstats
 import re
 import sys
+import timeit
 
 import unicorn as uc
+from unicorn.unicorn_py3.unicorn import uclib
 
 from _common import (BareGuest, BenchError, add_raw_intr_hook, emit_json, guest_path, median,
                      run_under_xenpy, spread, table)
@@ -70,10 +77,48 @@ def profile(n: int, top: int) -> None:
     print("\n".join(line for line in s.getvalue().splitlines() if line.strip())[:6000])
 
 
+def breakdown() -> list[list[object]]:
+    """Microseconds per call of each piece of the hypercall path, on a booted domain."""
+    from xenpy.abi.version import XENVER_version
+    from xenpy.abi.xen import HYPERCALL_NR
+    from xenpy.hv import hypercall as hc
+    from xenpy.hv.host import Host
+    from xenpy.toolstack.domain import DomainSpec, boot_domain
+
+    host = Host(memory_mib=128)
+    try:
+        d = boot_domain(host, DomainSpec("nullhc", guest_path("nullhc"), 32, cmdline="n=1"))
+        v = d.vcpus[0]
+        regs = v.cpu.batch(["eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "cs", "eip"])
+        eax = v.cpu.batch(["eax"])
+        nr = HYPERCALL_NR["xen_version"]
+        args = (XENVER_version, 0, 0, 0, 0, 0)
+        proto = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                                 ctypes.c_void_p, ctypes.c_int)
+        raw_read = proto(ctypes.cast(uclib.uc_reg_read_batch, ctypes.c_void_p).value)
+        h = ctypes.c_void_p(ctypes.cast(v.cpu.uc._uch, ctypes.c_void_p).value)
+        ids = ctypes.c_void_p(ctypes.addressof(regs._ids))
+        ptrs = ctypes.c_void_p(ctypes.addressof(regs._ptrs))
+        pieces = [
+            ("BatchRegs.read() of 9 registers", regs.read),
+            ("BatchRegs.write() of eax", eax.write),
+            ("hypercall.dispatch(xen_version)", lambda: hc.dispatch(v, nr, args)),
+            ("Vcpu.vcpu_info_pending()", v.vcpu_info_pending),
+            ("same read, c_void_p prototype", lambda: raw_read(h, ids, ptrs, 9)),
+        ]
+        n = 100_000
+        return [[name, 1e6 * min(timeit.repeat(fn, number=n, repeat=5)) / n]
+                for name, fn in pieces]
+    finally:
+        host.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=300_000, help="hypercalls per run (default 3e5)")
     ap.add_argument("--repeat", type=int, default=5, help="runs of each (median reported)")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time the pieces of xenpy's hypercall path")
     ap.add_argument("--profile", action="store_true", help="also print a cProfile of xenpy")
     args = ap.parse_args(argv)
     n = args.n
@@ -101,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nxenpy / raw-hook baseline = {r_xen / r_raw:.3f}; xenpy's dispatch costs "
           f"{us(r_xen) - us(r_raw):.2f} us per call over an empty hook")
     print(f"goal >= {GOAL:,}/s: {'met' if r_xen >= GOAL else 'NOT met'} ({r_xen:,.0f}/s)")
+    if args.breakdown:
+        print("\nPieces of the hypercall path (timeit, best of 5; they overlap the "
+              "measured per-call cost above):")
+        print(table(["piece", "us/call"], breakdown()))
     if args.profile:
         profile(n, 25)
     emit_json({"bench": "hypercall_rate", "n": n, "repeat": args.repeat,

@@ -18,13 +18,14 @@ usually the best explanation of why it did not do what the test expected.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
 
-from .abi.sched import Shutdown
-from .hv.domain import Domain
-from .hv.host import Host
+if TYPE_CHECKING:       # imported lazily: loading the plugin must never fail a test session
+    from .abi.sched import Shutdown
+    from .hv.domain import Domain
+    from .hv.host import Host
 
 #: The GuestRuns a test booted, for the failure report (a key, not state).
 _RUNS = pytest.StashKey[list["GuestRun"]]()
@@ -35,7 +36,7 @@ DEFAULT_HOST_MIB = 128
 class GuestRun:
     """One booted domain, seen as a test sees it: run it, read its console, type into it."""
 
-    def __init__(self, host: Host, domain: Domain) -> None:
+    def __init__(self, host: "Host", domain: "Domain") -> None:
         self.host = host
         self.domain = domain
 
@@ -49,7 +50,7 @@ class GuestRun:
         return self.console.splitlines()
 
     @property
-    def shutdown_reason(self) -> Shutdown | None:
+    def shutdown_reason(self) -> "Shutdown | None":
         return self.domain.shutdown_reason
 
     def run(self, timeout: float = 10.0,
@@ -81,7 +82,7 @@ class GuestRun:
 class DomainFactory:
     """Boots kernels on one host; each call returns a :class:`GuestRun`."""
 
-    def __init__(self, host: Host, runs: list[GuestRun]) -> None:
+    def __init__(self, host: "Host", runs: list[GuestRun]) -> None:
         self.host = host
         self.runs = runs
 
@@ -98,8 +99,9 @@ class DomainFactory:
 
 
 @pytest.fixture
-def xen_host() -> Iterator[Host]:
+def xen_host() -> Iterator["Host"]:
     """A Host with DEFAULT_HOST_MIB of machine memory, closed after the test."""
+    from .hv.host import Host
     host = Host(memory_mib=DEFAULT_HOST_MIB)
     try:
         yield host
@@ -109,7 +111,7 @@ def xen_host() -> Iterator[Host]:
 
 
 @pytest.fixture
-def domain_factory(request: pytest.FixtureRequest, xen_host: Host) -> DomainFactory:
+def domain_factory(request: pytest.FixtureRequest, xen_host: "Host") -> DomainFactory:
     """Boot kernels on ``xen_host``; their consoles go into the report if the test fails."""
     runs: list[GuestRun] = []
     request.node.stash[_RUNS] = runs

@@ -101,6 +101,11 @@ class X86Cpu:
         self.hook_error: BaseException | None = None
         self.hypercall_regs = BatchRegs(self._h, [self.regs[r] for r in HYPERCALL_REGS[width]])
 
+    @property
+    def handle(self) -> ctypes.c_void_p:
+        """The raw uc_engine handle, for hooks written in C (chooks.py)."""
+        return self._h
+
     # --- registers ---------------------------------------------------------------------------
     def reg(self, name: str) -> int:
         uclib.uc_reg_read(self._h, self.regs[name], ctypes.byref(self._one))

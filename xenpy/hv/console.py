@@ -23,4 +23,4 @@ def do_console_io(v: "Vcpu", cmd: int, count: int, buf: int) -> int:
         return 0
     if cmd == CONSOLEIO_read:
         return 0                          # no input on the hypervisor console for domUs
-    return -Errno.EINVAL
+    return -Errno.ENOSYS

@@ -56,11 +56,17 @@ class Domain:
         self.store_mfn = -1
         self.store_port = 0
         self.cmdline = ""
+        from ..toolstack.xsdomain import new_uuid
+        self.uuid = new_uuid()
         self.on_shutdown: list[Callable[["Domain"], None]] = []
         self._logged: set[str] = set()
         self.cpu_time = 0.0                       # seconds of host time spent running
         self.xen_frames: list[int] = []           # per-domain hypervisor frames (freed with it)
         self.xen_l2s: set[int] = set()            # L2s under PAE L3 slot 3 (PGT_pae_xen_l2)
+        from .schedule import SchedParams
+        self.sched = SchedParams()
+        self.vruntime = 0
+        self.period_used_ns = 0
 
     # --- memory ------------------------------------------------------------------------------
     def populate(self, nr_pages: int) -> None:
@@ -135,7 +141,11 @@ class Domain:
         if self.dying:
             return
         self.dying = True
+        self.evtchn.close_all()
         for v in self.vcpus:
+            for t in (v.singleshot, v.periodic):
+                if t is not None:
+                    t.cancelled = True
             v.close()
         self.shared_info = None
         frames = [m for m in self.p2m if m >= 0]

@@ -37,6 +37,25 @@ def _fetch(v: "Vcpu", eip: int, n: int) -> bytes:
         return b""
 
 
+def emulate_tsc(v: "Vcpu", ip: int) -> bool:
+    """rdtsc / rdtscp at any privilege (CR4.TSD makes them trap): Xen's emulated TSC."""
+    code = _fetch(v, ip, 3)
+    if code[:2] == b"\x0f\x31":
+        n = 2
+    elif code[:3] == b"\x0f\x01\xf9":
+        n = 3
+        v.cpu.set_reg("ecx" if v.domain.width == 4 else "rcx", v.vcpu_id)   # TSC_AUX
+    else:
+        return False
+    from .time import rdtsc
+    tsc = rdtsc(v)
+    if v.domain.width == 4:
+        v.cpu.set_regs(eax=tsc & 0xFFFFFFFF, edx=(tsc >> 32) & 0xFFFFFFFF, eip=ip + n)
+    else:
+        v.cpu.set_regs(rax=tsc & 0xFFFFFFFF, rdx=(tsc >> 32) & 0xFFFFFFFF, rip=ip + n)
+    return True
+
+
 def emulate(v: "Vcpu", eip: int) -> bool:
     """Emulate the instruction at ``eip`` if Xen would; True when done."""
     code = _fetch(v, eip, 3)

@@ -16,32 +16,41 @@ import unicorn as uc
 from ..abi.xen import FLAT_RING1_CS, FLAT_RING1_DS, PAGE_SIZE, Width
 from ..backends.console import ConsoleBackend
 from . import (callback, console, descriptor_tables, event_channel, grant_table,  # noqa: F401
-               iret, memory, mm, multicall, physdev, sched, traps64, version)
+               iret, memory, mm, multicall, physdev, sched, time as _time_hc, traps,
+               traps64, version)
 from .domain import Domain
 from .layout import SEL_RING0_CS, SEL_RING0_DS, SEL_TSS, DomainLayout32, HostLayout32
 from .layout64 import DomainLayout64, HostLayout64
 from .machine import MachineMemory
+from .schedule import QUANTUM, Scheduler
 from .vcpu import Vcpu
 
 log = logging.getLogger("xenpy.host")
 
 CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 2, 0x10, 0x20, 1 << 16, 1 << 31
-CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 9, 1 << 10
-QUANTUM = 0.01          # seconds of guest time before another runnable vCPU gets the CPU
+CR4_TSD, CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 2, 1 << 5, 1 << 9, 1 << 10
 
 
 class Host:
-    def __init__(self, memory_mib: int = 256) -> None:
+    def __init__(self, memory_mib: int = 256, deterministic: bool = False) -> None:
+        from .time import RealClock, TimerQueue, VirtualClock
         self.mem = MachineMemory(memory_mib)
+        self.clock = VirtualClock() if deterministic else RealClock()
+        self.wallclock_base_ns = 0 if deterministic else time.time_ns()
+        self.timers = TimerQueue()
+        self.scheduler = Scheduler(deterministic)
         self.layout32 = HostLayout32.create(self.mem)
         self.layout64: HostLayout64 | None = None      # built with the first 64-bit domain
         self.domains: dict[int, Domain] = {}
         self.consoles = ConsoleBackend()
-        self.xenstored = None                      # set by enable_xenstore()
+        from ..backends.xenstored import Xenstored
+        self.xenstored = Xenstored()
+        self.xs_server = None                      # a Unix socket for tools: serve_xenstore()
         self._next_domid = 1
         self._current: Vcpu | None = None
         self._preempted = False
         self._wakeup = threading.Event()
+        self._slice_lock = threading.Lock()
         self._ticker: threading.Thread | None = None
         self._ticking = False
         self.hv_console: list[bytes] = []
@@ -70,9 +79,11 @@ class Host:
         return d
 
     def destroy_domain(self, d: Domain) -> None:
+        from ..toolstack.xsdomain import remove_domain_nodes
         self.consoles.disconnect(d.domid)
-        if self.xenstored is not None:
+        if self.xenstored.is_domain_introduced(d.domid):
             self.xenstored.release_domain(d.domid)
+        remove_domain_nodes(self.xenstored, d)
         d.release()
         d.xen_frames = []
         self.mem.free_frames_of(list(d.grant_frames))
@@ -89,7 +100,7 @@ class Host:
             return
         cpu = v.cpu
         lay = v.domain.hv_layout
-        cpu.set_reg("cr4", CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT)
+        cpu.set_reg("cr4", CR4_TSD | CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT)
         v.set_cr3(cr3)
         cpu.set_reg("cr0", CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG)
         cpu.set_gdtr(lay.gdt_va(v.vcpu_id), 0xFFFF)
@@ -110,15 +121,25 @@ class Host:
         return d.evtchn.bind_backend(con.kick)
 
     def connect_store(self, d: Domain) -> int:
-        def kick() -> None:
-            if self.xenstored is not None:
-                self.xenstored.ring_kick(d.domid)
-        port = d.evtchn.bind_backend(kick)
-        if self.xenstored is not None:
-            base = d.store_mfn << 12
-            self.xenstored.introduce_domain(d.domid, self.mem.view[base:base + PAGE_SIZE],
-                                            lambda: d.evtchn.set_pending(port))
-        return port
+        """The store event channel; the domain is introduced once its nodes exist."""
+        return d.evtchn.bind_backend(lambda: self.xenstored.ring_kick(d.domid))
+
+    def introduce_domain(self, d: Domain) -> None:
+        """What xl does after building: write /local/domain/N, then XS_INTRODUCE."""
+        from ..toolstack.xsdomain import write_domain_nodes
+        write_domain_nodes(self.xenstored, d)
+        base = d.store_mfn << 12
+        port = d.store_port
+        self.xenstored.introduce_domain(d.domid, self.mem.view[base:base + PAGE_SIZE],
+                                        lambda: d.evtchn.set_pending(port))
+
+    def serve_xenstore(self, path: str) -> str:
+        """Let tools (xenstore-ls, ...) reach xenstored at ``path`` (XENSTORED_PATH)."""
+        from ..backends.xenstored import UnixSocketServer
+        if self.xs_server is None:
+            self.xs_server = UnixSocketServer(self.xenstored, path)
+            self.xs_server.start()
+        return self.xs_server.path
 
     def console_write(self, d: Domain, data: bytes, hypervisor: bool = False) -> None:
         """console_io output: Xen prefixes each guest line with (dN) on its own console."""
@@ -132,17 +153,32 @@ class Host:
         self._wakeup.set()
 
     # --- scheduling --------------------------------------------------------------------------
+    def notify_event(self, d: Domain) -> None:
+        """Something happened for ``d`` (an event, a timer): wake the loop; if one of its
+        vCPUs is running outside a hypercall, stop it so the upcall is delivered now."""
+        self._wakeup.set()
+        with self._slice_lock:
+            cur = self._current
+            if cur is not None and cur.domain is d and not cur.in_hypercall \
+                    and not cur.in_syscall_hook:
+                self._preempted = True
+                cur.cpu.stop()
+
     def _tick(self) -> None:
         while self._ticking:
             time.sleep(QUANTUM)
-            v = self._current
-            if v is not None:
-                self._preempted = True
-                v.cpu.stop()
+            if self.scheduler.deterministic:
+                continue
+            with self._slice_lock:
+                v = self._current
+                if v is not None:
+                    self._preempted = True
+                    v.cpu.stop()
 
     def run(self, domains: Iterable[Domain] | None = None, timeout: float | None = None,
             until: Callable[[], bool] | None = None) -> bool:
-        """Run guests until every one of ``domains`` has shut down (True) or ``timeout``."""
+        """Run every domain of the host until all of ``domains`` (default: all) have
+        shut down (True), ``until()`` holds (True), or ``timeout`` wall seconds (False)."""
         targets = list(domains) if domains is not None else list(self.domains.values())
         deadline = None if timeout is None else time.monotonic() + timeout
         self._ticking = True
@@ -152,41 +188,88 @@ class Host:
             while True:
                 if until is not None and until():
                     return True
-                live = [d for d in targets if d.runnable]
-                if not live:
+                if not any(d.runnable for d in targets):
                     return True
                 if deadline is not None and time.monotonic() >= deadline:
                     return False
-                ready = [v for d in live for v in d.vcpus if v.online and not v.blocked]
-                if not ready:
-                    self._wakeup.clear()
-                    wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    self._wakeup.wait(min(wait, 0.05) if wait is not None else 0.05)
-                    for d in live:
-                        for v in d.vcpus:
-                            if v.blocked and v.vcpu_info.evtchn_upcall_pending:
-                                v.kick()
-                    continue
-                for v in ready:
-                    self._run_vcpu(v)
+                if not self._schedule_once(deadline):
+                    return True
         finally:
             self._ticking = False
             self._current = None
 
+    def _schedule_once(self, deadline: float | None) -> bool:
+        """Fire due timers, then run one slice of the chosen vCPU, or idle."""
+        from . import time as xtime
+        clock = self.clock
+        now = clock.now()
+        for t in self.timers.expire(now):
+            xtime.fire(t)
+        domains = [d for d in self.domains.values() if d.runnable]
+        if not domains:
+            return False
+        self.scheduler.new_period(now, domains)
+        ready = [v for d in domains if not self.scheduler.capped(d)
+                 for v in d.vcpus if v.online and not v.blocked and not v.debug_hold]
+        if not ready:
+            self._idle(deadline, domains)
+            return True
+        v = self.scheduler.pick(ready)
+        self._run_vcpu(v)
+        return True
+
+    def _idle(self, deadline: float | None, domains: list[Domain]) -> None:
+        """Nothing to run: sleep until an event, the next timer or the next cap period."""
+        nxt = self.timers.next_deadline()
+        if any(self.scheduler.capped(d) for d in domains):
+            period_end = self.scheduler.period_start + 30_000_000
+            nxt = period_end if nxt is None else min(nxt, period_end)
+        if self.clock.deterministic and nxt is not None:
+            self.clock.advance(nxt - self.clock.now())      # skip idle virtual time
+            return
+        wait = 0.05
+        if nxt is not None:
+            wait = min(wait, max(0.0, (nxt - self.clock.now()) / 1e9))
+        if deadline is not None:
+            wait = min(wait, max(0.0, deadline - time.monotonic()))
+        self._wakeup.clear()
+        self._wakeup.wait(wait)
+
     def _run_vcpu(self, v: Vcpu) -> None:
+        from . import time as xtime
         d = v.domain
-        self._preempted = False
         v.yielded = False
-        self._current = v
-        t0 = time.perf_counter()
+        v.debug_stop = False
+        xtime.update_vcpu_time(v)
+        if v.vcpu_info_pending() and not v.pending_user:
+            (traps64 if d.width == Width.X86_64 else traps).deliver_event(v)
+        budget = None
+        if self.scheduler.deterministic:
+            budget = v.block_budget()
+            before = budget.blocks
+            budget.arm(self.scheduler.slice_blocks)
+        with self._slice_lock:             # a stop can only hit the slice it was meant for
+            self._preempted = False
+            self._current = v
+        t0 = time.perf_counter_ns()
         try:
             v.run_slice()
         except uc.UcError as e:
             ip = v.cpu.reg("eip" if d.width == Width.X86_32 else "rip")
             d.crash(f"the CPU stopped: {e} at {ip:#x}")
         finally:
-            self._current = None
-            d.cpu_time += time.perf_counter() - t0
+            with self._slice_lock:
+                self._current = None
+            elapsed = time.perf_counter_ns() - t0
+            d.cpu_time += elapsed / 1e9
+        if budget is not None:
+            ran = budget.blocks - before
+            self.clock.advance(ran * xtime.NS_PER_BLOCK)
+            self.scheduler.charge(v, ran * xtime.NS_PER_BLOCK)
+            if budget.expired:
+                self._preempted = True
+        else:
+            self.scheduler.charge(v, elapsed)
         if v.debug_stop:
             return
         if not (self._preempted or v.yielded or v.blocked or not d.runnable):
@@ -196,3 +279,6 @@ class Host:
     def close(self) -> None:
         for d in list(self.domains.values()):
             self.destroy_domain(d)
+        if self.xs_server is not None:
+            self.xs_server.stop()
+            self.xs_server = None

@@ -43,7 +43,10 @@ def do_sched_op(v: "Vcpu", cmd: int, arg: int) -> int:
     if cmd == SCHEDOP_poll:
         # struct sched_poll { XEN_GUEST_HANDLE(evtchn_port_t) ports; unsigned nr_ports; u64 timeout; }
         w = v.domain.width
-        ports, nr = struct.unpack("<II" if w == 4 else "<QI", v.gmem.read(arg, 8 if w == 4 else 12))
+        if w == 4:
+            ports, nr, timeout = struct.unpack("<IIQ", v.gmem.read(arg, 16))
+        else:
+            ports, nr, timeout = struct.unpack("<QI4xQ", v.gmem.read(arg, 24))
         if nr > 128:
             return -Errno.EINVAL
         si = v.domain.shared_info
@@ -54,8 +57,12 @@ def do_sched_op(v: "Vcpu", cmd: int, arg: int) -> int:
                 return -Errno.EINVAL
             if si.evtchn_pending[p // bits] >> (p % bits) & 1:
                 return 0
-        v.block()
+        if timeout and timeout <= v.domain.host.clock.now():
+            return 0
         v.poll_ports = True
+        if timeout:
+            v.poll_timer = v.domain.host.timers.add(v, timeout, "wake")
+        v.block()
         return 0
     if cmd == SCHEDOP_remote_shutdown:
         return -Errno.EPERM        # only a privileged domain may shut another down

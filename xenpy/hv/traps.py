@@ -112,8 +112,8 @@ def do_trap(v: "Vcpu", vector: int) -> None:
                            f"{'iret' if eip == v.fw_iret else 'the kernel stack'} "
                            f"(bad iret frame or stack_switch stack)")
             return
-        if vector == TRAP_gp_fault and error_code == 0 and cs & 3 == 1:
-            if emul_priv_op.emulate(v, eip):
+        if vector == TRAP_gp_fault and error_code == 0:
+            if emul_priv_op.emulate_tsc(v, eip) or (cs & 3 == 1 and emul_priv_op.emulate(v, eip)):
                 return
         if vector == TRAP_page_fault:
             cr2 = cpu.reg("cr2")

@@ -110,8 +110,9 @@ def do_trap(v: "Vcpu", vector: int) -> None:
             error_code = cpu.ack_fault()
         else:
             cpu.ack_fault()
-        if vector == TRAP_gp_fault and error_code == 0 and v.kernel_mode:
-            if emul_priv_op.emulate64(v, rip):
+        if vector == TRAP_gp_fault and error_code == 0:
+            if emul_priv_op.emulate_tsc(v, rip) or (v.kernel_mode
+                                                   and emul_priv_op.emulate64(v, rip)):
                 return
         if vector == TRAP_page_fault:
             cr2 = cpu.reg("cr2")
@@ -230,11 +231,11 @@ def deliver_event(v: "Vcpu") -> None:
 def initial_state(v: "Vcpu", *, entry: int, stack: int, start_info: int, cr3: int) -> None:
     """Xen's initial 64-bit vCPU: CPL 3 kernel mode, flat selectors, RSI = start_info."""
     from .host import (CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_OSFXSR,
-                       CR4_OSXMMEXCPT, CR4_PAE)
+                       CR4_OSXMMEXCPT, CR4_PAE, CR4_TSD)
     from .layout64 import SEL_RING0_CS64, SEL_RING0_DS
     cpu = v.cpu
     lay = v.domain.hv_layout
-    cpu.set_reg("cr4", CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT)
+    cpu.set_reg("cr4", CR4_TSD | CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT)
     v.set_cr3(cr3)
     cpu.write_msr(0xC0000080, (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11))  # SCE LME LMA NXE
     cpu.set_reg("cr0", CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG)

@@ -77,7 +77,14 @@ class Vcpu:
         self.nmi_callback = 0
         self.ldt = (0, 0)
         self.poll_ports = False
+        self.poll_timer = None
         self.debug_stop = False            # a debugger observer stopped the vCPU
+        self.debug_hold = False            # a debugger holds the vCPU stopped
+        self.singleshot = None             # time.Timer
+        self.periodic = None
+        self.periodic_period = 0
+        self.run_ns = 0
+        self._budget = None
         self._wake = threading.Event()
         if domain.width == Width.X86_32:
             traps.install_hooks(self)
@@ -103,6 +110,10 @@ class Vcpu:
         """An event arrived: wake a blocked vCPU (Xen's vcpu_unblock)."""
         if self.blocked:
             self.blocked = False
+            self.poll_ports = False
+            if self.poll_timer is not None:
+                self.poll_timer.cancelled = True
+                self.poll_timer = None
             self._wake.set()
 
     def block(self) -> None:
@@ -118,6 +129,13 @@ class Vcpu:
         """Run guest code until a hook stops the CPU."""
         eip = self.cpu.reg("eip" if self.domain.width == Width.X86_32 else "rip")
         self.cpu.run(eip, UNTIL32 if self.domain.width == Width.X86_32 else 0xFFFFFFFFFFFFFFF0)
+
+    def block_budget(self):
+        """The C block counter used for deterministic slices (created on first use)."""
+        if self._budget is None:
+            from ..cpu.chooks import BlockBudget
+            self._budget = BlockBudget(self.cpu.handle)
+        return self._budget
 
     def close(self) -> None:
         self.cpu.stop()

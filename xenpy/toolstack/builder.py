@@ -212,6 +212,9 @@ def build_pv_domain(host: "Host", d: "Domain", image: XenElfImage, cmdline: str 
     write_va(lay.va(lay.start_info_pfn), bytes(si))
     d.start_info_va = lay.va(lay.start_info_pfn)
     d.cmdline = cmdline
+    from ..hv.time import update_wallclock
+    update_wallclock(d)
+    host.introduce_domain(d)
     # pin the top-level table and point vCPU 0 at it
     mm.pin_initial_tables(d, top_mfn)
     v = d.vcpus[0]

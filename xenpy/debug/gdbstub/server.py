@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections.abc import Callable
 
 from xenpy.debug.gdbstub.stub import GdbStub
 from xenpy.debug.gdbstub.target import Target
@@ -22,14 +23,23 @@ log = logging.getLogger("xenpy.debug.gdbstub")
 
 
 class GdbServer:
-    """Listen on host:port (port 0 picks a free one; see `address`)."""
+    """Listen on host:port (port 0 picks a free one; see `address`).
 
-    def __init__(self, target: Target, host: str = "127.0.0.1", port: int = 0) -> None:
+    `on_connect` runs before each session (a hypervisor target stops the guest there, as
+    gdb expects a stopped target); `idle` is set while no gdb is connected."""
+
+    def __init__(self, target: Target, host: str = "127.0.0.1", port: int = 0,
+                 on_connect: Callable[[], None] | None = None) -> None:
         target_description(target.arch)  # a bad arch is a ConfigError now, not per connection
         self.target = target
+        self.on_connect = on_connect
         self._listener = socket.create_server((host, port))
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
+        self._conn: socket.socket | None = None
+        self.connected = threading.Event()  # set once the first gdb has connected
+        self.idle = threading.Event()
+        self.idle.set()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -43,10 +53,13 @@ class GdbServer:
 
     def close(self) -> None:
         self._closing.set()
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        for sock in (self._listener, self._conn):
+            if sock is None:
+                continue
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         self._listener.close()
         if self._thread is not None:
             self._thread.join()
@@ -58,9 +71,18 @@ class GdbServer:
             except OSError:
                 return
             log.info("gdb connected from %s", peer)
-            with sock:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                serve_connection(self.target, sock)
+            self.idle.clear()
+            self._conn = sock
+            try:
+                with sock:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    if self.on_connect is not None:
+                        self.on_connect()
+                    self.connected.set()
+                    serve_connection(self.target, sock)
+            finally:
+                self._conn = None
+                self.idle.set()
 
     def __enter__(self) -> GdbServer:
         self.start()

@@ -221,6 +221,11 @@ class UcDebug:
             return DebugHit("step")
         return DebugHit("interrupt") if interrupted else None
 
+    @property
+    def needs_rerun(self) -> bool:
+        """A watched access was rolled back: run again at once (one step) to finish it."""
+        return self._fixup is not None
+
     def interrupt(self) -> None:
         """Stop the run as soon as possible (any thread); after_run reports "interrupt"."""
         with self._cond:
