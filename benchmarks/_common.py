@@ -13,9 +13,9 @@ import ctypes
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import unicorn as uc
 from unicorn import x86_const as x86
@@ -67,10 +67,15 @@ class XenpyRun:
 
 
 def run_under_xenpy(guest: str, cmdline: str = "", timeout: float = 600.0,
-                    memory_mib: int = 32) -> XenpyRun:
-    """Boot ``guest`` in a fresh Host as `xenpy run` does and run it to poweroff."""
+                    memory_mib: int = 32, **host_options: object) -> XenpyRun:
+    """Boot ``guest`` in a fresh Host as `xenpy run` does and run it to poweroff.
+
+    ``host_options`` go to ``Host()`` (e.g. ``deterministic=True``)."""
     t0 = time.perf_counter()
-    host = Host(memory_mib=max(128, memory_mib + 64))
+    try:
+        host = Host(memory_mib=max(128, memory_mib + 64), **host_options)
+    except TypeError as e:
+        raise BenchError(f"Host() does not take {sorted(host_options)}: {e}") from None
     try:
         d = boot_domain(host, DomainSpec(name=guest, kernel=guest_path(guest),
                                          memory_mib=memory_mib, cmdline=cmdline))

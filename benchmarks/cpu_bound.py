@@ -14,21 +14,29 @@ xenpy's hook set installed but empty (none fires in the loop): it shows what mer
 hooks costs.  Runs alternate (bare, hooked, xenpy, bare, ...) so drifting machine load hits
 all alike.  Goal: ratio xenpy/bare >= 0.95.
 
-``--no-preempt`` (diagnosis only) sets xenpy.hv.host.QUANTUM to an hour, so the run has
+``--no-preempt`` (diagnosis only) sets the scheduler's QUANTUM to an hour, so the run has
 no 10 ms preemption stops: the difference is what time slicing costs.
+``--deterministic`` runs xenpy with ``Host(deterministic=True)`` (block-budget slices).
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import re
 import sys
 
 import capstone
-
-import xenpy.hv.host
-
-from _common import (BareGuest, BenchError, add_empty_xenpy_hooks, emit_json, guest_path, median,
-                     run_under_xenpy, spread, table)
+from _common import (
+    BareGuest,
+    BenchError,
+    add_empty_xenpy_hooks,
+    emit_json,
+    guest_path,
+    median,
+    run_under_xenpy,
+    spread,
+    table,
+)
 
 A, C, M = 1664525, 1013904223, 1 << 32
 
@@ -61,17 +69,33 @@ def loop_instructions(bare: BareGuest) -> int:
     raise BenchError("no backward branch in spin's main: cannot count the loop's instructions")
 
 
+def disable_preemption() -> None:
+    """Set the wall-clock quantum to an hour wherever xenpy keeps it (diagnosis only)."""
+    found = False
+    for name in ("xenpy.hv.schedule", "xenpy.hv.host"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        if isinstance(getattr(mod, "QUANTUM", None), float):
+            mod.QUANTUM = 3600.0
+            found = True
+    if not found:
+        raise BenchError("--no-preempt: no float QUANTUM in xenpy.hv.schedule or xenpy.hv.host")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=100_000_000, help="loop iterations (default 1e8)")
     ap.add_argument("--repeat", type=int, default=5, help="runs of each (median reported)")
     ap.add_argument("--no-preempt", action="store_true",
                     help="diagnosis: run xenpy without its 10 ms preemption ticker")
+    ap.add_argument("--deterministic", action="store_true",
+                    help="run xenpy with Host(deterministic=True)")
     args = ap.parse_args(argv)
     if args.no_preempt:
-        if not isinstance(getattr(xenpy.hv.host, "QUANTUM", None), float):
-            raise BenchError("--no-preempt: xenpy.hv.host.QUANTUM (a float) no longer exists")
-        xenpy.hv.host.QUANTUM = 3600.0
+        disable_preemption()
+    host_options = {"deterministic": True} if args.deterministic else {}
     n = args.n
     if not 0 < n < 1 << 32:
         ap.error(f"-n: expected 1..2^32-1, got {n}")
@@ -96,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         hook_t.append(hooked.call_main())
         if hooked.last_printf()[1] != want:
             raise BenchError(f"hooked bare spin: expected {want:08x}, got {hooked.last_printf()}")
-        r = run_under_xenpy("spin", cmdline=f"n={n}")
+        r = run_under_xenpy("spin", cmdline=f"n={n}", **host_options)
         out = r.output.decode("ascii", "replace")
         m = re.search(r"spin: done ([0-9a-f]{8})", out)
         if m is None or int(m.group(1), 16) != want:
@@ -106,11 +130,15 @@ def main(argv: list[str] | None = None) -> int:
         xen_boot.append(r.t_booted - r.t_start)
 
     bt, ht, xt = median(bare_t), median(hook_t), median(xen_t)
-    mips = lambda t: n * ipi / t / 1e6          # noqa: E731
+
+    def mips(t: float) -> float:
+        return n * ipi / t / 1e6
+
     ratio = bt / xt                              # speed ratio: xenpy rate / bare rate
     print(f"cpu_bound: spin guest, n={n:,} iterations x {ipi} instructions, "
           f"{args.repeat} runs each (median; spread = (max-min)/median)"
-          f"{'; xenpy WITHOUT preemption' if args.no_preempt else ''}\n")
+          f"{'; xenpy WITHOUT preemption' if args.no_preempt else ''}"
+          f"{'; xenpy deterministic' if args.deterministic else ''}\n")
     print(table(["what", "median s", "M iter/s", "MIPS", "spread"], [
         ["bare Unicorn, main()", bt, n / bt / 1e6, mips(bt), spread(bare_t)],
         ["bare Unicorn + xenpy's hooks (empty)", ht, n / ht / 1e6, mips(ht), spread(hook_t)],
@@ -123,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{'met' if ratio >= 0.95 else 'NOT met'})")
     print(f"ratio bare+hooks/bare = {bt / ht:.3f}; xenpy/(bare+hooks) = {ht / xt:.3f}")
     emit_json({"bench": "cpu_bound", "n": n, "insns_per_iter": ipi, "repeat": args.repeat,
-               "preempt": not args.no_preempt, "bare_s": bt, "bare_hooks_s": ht, "xenpy_loop_s": xt, "xenpy_total_s": median(xen_total),
-               "bare_mips": mips(bt), "xenpy_mips": mips(xt), "ratio": ratio, "ratio_vs_hooked": ht / xt})
+               "preempt": not args.no_preempt, "deterministic": args.deterministic,
+               "bare_s": bt, "bare_hooks_s": ht, "xenpy_loop_s": xt,
+               "xenpy_total_s": median(xen_total), "bare_mips": mips(bt), "xenpy_mips": mips(xt),
+               "ratio": ratio, "ratio_vs_hooked": ht / xt})
     return 0
 
 

@@ -18,13 +18,14 @@ import sys
 import time
 from pathlib import Path
 
+from _common import BenchError, emit_json, guest_path, median, spread, table
+
 from xenpy.abi.sched import Shutdown
 from xenpy.hv.host import Host
 from xenpy.toolstack.domain import DomainSpec, boot_domain
 
-from _common import BenchError, emit_json, guest_path, median, spread, table
-
 GOAL = 1.0
+IMPORTS = "import xenpy.cli, xenpy.hv.host, xenpy.toolstack.domain"
 
 
 def xenpy_command() -> list[str]:
@@ -96,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         first_t.append(f)
         exit_t.append(e)
         py_t.append(run_subprocess([sys.executable, "-c", "pass"], None)[1])
-        imp_t.append(run_subprocess([sys.executable, "-c", "import xenpy.cli, xenpy.hv.host, "
-                                     "xenpy.toolstack.domain"], None)[1])
+        imp_t.append(run_subprocess([sys.executable, "-c", IMPORTS], None)[1])
     cold = in_process()                         # first in this process: pays lazy set-up
     warm = [in_process() for _ in range(args.repeat)]
     w = {k: median([r[k] for r in warm]) for k in warm[0]}

@@ -15,6 +15,11 @@ through the Python binding's ``hook_add`` (for reference).  Goal: >= 500k/s.
 booted nullhc domain, no guest running): the register batch read and write, dispatch,
 the pending-event check, and for comparison the same batch read through a ctypes
 prototype taking plain ``c_void_p`` (what the binding's pointer ``argtypes`` cost).
+``--lean-path`` adds two more bare-Unicorn rows whose hook does the least work a
+hypercall needs (read 9 registers, look the handler up in a list, call it, write eax,
+test a ctypes pending flag): once through the binding's ``argtypes`` as xenpy does, once
+through ``PYFUNCTYPE`` prototypes taking ``c_void_p``.  They show what a pure-Python
+dispatch could reach on this machine.
 ``--profile`` runs the guest under cProfile (it inflates small Python functions: read
 shares, not absolute times).
 """
@@ -30,10 +35,21 @@ import sys
 import timeit
 
 import unicorn as uc
+from _common import (
+    BareGuest,
+    BenchError,
+    add_raw_intr_hook,
+    emit_json,
+    guest_path,
+    median,
+    run_under_xenpy,
+    spread,
+    table,
+)
+from unicorn import x86_const as x86
 from unicorn.unicorn_py3.unicorn import uclib
 
-from _common import (BareGuest, BenchError, add_raw_intr_hook, emit_json, guest_path, median,
-                     run_under_xenpy, spread, table)
+from xenpy.abi.xen import HYPERCALL_NR
 
 GOAL = 500_000
 
@@ -54,6 +70,70 @@ def bare_rate(n: int, raw: bool, repeat: int) -> list[float]:
         fmt, arg = bare.last_printf()
         if "done" not in fmt or arg != n:
             raise BenchError(f"bare nullhc: expected 'done' {n}, got {fmt!r} {arg}")
+    return times
+
+
+class _PendingFlags(ctypes.Structure):
+    _fields_ = [("evtchn_upcall_pending", ctypes.c_uint8), ("evtchn_upcall_mask", ctypes.c_uint8)]
+
+
+def lean_rate(n: int, void_p: bool, repeat: int) -> list[float]:
+    """Seconds per run of nullhc's main with a minimal Python hypercall path (see --lean-path)."""
+    bare = BareGuest(guest_path("nullhc"), n)
+    h = ctypes.cast(bare.uc._uch, ctypes.c_void_p).value
+    names = ("EAX", "EBX", "ECX", "EDX", "ESI", "EDI", "EBP", "CS", "EIP")
+    ids = (ctypes.c_int32 * 9)(*[getattr(x86, f"UC_X86_REG_{r}") for r in names])
+    vals = (ctypes.c_uint64 * 9)()
+    ptrs = (ctypes.c_void_p * 9)(*[ctypes.addressof(vals) + 8 * i for i in range(9)])
+    out = ctypes.c_uint64()
+    flags = _PendingFlags()
+    xen_version = HYPERCALL_NR["xen_version"]
+    handlers: list[tuple | None] = [None] * 64
+    handlers[xen_version] = (lambda _v, cmd, _arg: 0x4000B if cmd == 0 else -38, 2)
+    if void_p:
+        proto = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                  ctypes.c_int)
+        read_batch = proto(ctypes.cast(uclib.uc_reg_read_batch, ctypes.c_void_p).value)
+        write_one = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)(
+            ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p).value)
+        ids_p, ptrs_p, out_p = ctypes.addressof(ids), ctypes.addressof(ptrs), ctypes.addressof(out)
+        eax = x86.UC_X86_REG_EAX
+
+        def read() -> None:
+            read_batch(h, ids_p, ptrs_p, 9)
+
+        def write() -> None:
+            write_one(h, eax, out_p)
+    else:
+        hh = ctypes.c_void_p(h)
+        eax_id = (ctypes.c_int32 * 1)(x86.UC_X86_REG_EAX)
+        eax_ptr = (ctypes.c_void_p * 1)(ctypes.addressof(out))
+
+        def read() -> None:
+            uclib.uc_reg_read_batch(hh, ids, ptrs, 9)
+
+        def write() -> None:
+            uclib.uc_reg_write_batch(hh, eax_id, eax_ptr, 1)
+
+    def hook(vector: int) -> None:
+        if vector == 0x82:
+            read()
+            r = vals
+            if r[7] & 3 == 0:                       # the bare guest runs at CPL 0
+                fn, nargs = handlers[r[0]]
+                out.value = fn(None, *(r[1], r[2], r[3], r[4], r[5], r[6])[:nargs]) & 0xFFFFFFFF
+                write()
+                if flags.evtchn_upcall_pending and not flags.evtchn_upcall_mask:
+                    raise BenchError("no event can be pending here")
+
+    keep = (add_raw_intr_hook(bare.uc, hook), ids, vals, ptrs, out)   # noqa: F841 - alive
+    bare.call_main()                                                    # warm-up
+    times = []
+    for _ in range(repeat):
+        times.append(bare.call_main())
+        fmt, arg = bare.last_printf()
+        if "done" not in fmt or arg != n:
+            raise BenchError(f"lean-path nullhc: expected 'done' {n}, got {fmt!r} {arg}")
     return times
 
 
@@ -80,7 +160,6 @@ def profile(n: int, top: int) -> None:
 def breakdown() -> list[list[object]]:
     """Microseconds per call of each piece of the hypercall path, on a booted domain."""
     from xenpy.abi.version import XENVER_version
-    from xenpy.abi.xen import HYPERCALL_NR
     from xenpy.hv import hypercall as hc
     from xenpy.hv.host import Host
     from xenpy.toolstack.domain import DomainSpec, boot_domain
@@ -119,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=5, help="runs of each (median reported)")
     ap.add_argument("--breakdown", action="store_true",
                     help="also time the pieces of xenpy's hypercall path")
+    ap.add_argument("--lean-path", action="store_true",
+                    help="also time a minimal Python hypercall path on bare Unicorn")
     ap.add_argument("--profile", action="store_true", help="also print a cProfile of xenpy")
     args = ap.parse_args(argv)
     n = args.n
@@ -128,21 +209,33 @@ def main(argv: list[str] | None = None) -> int:
     raw_t: list[float] = []
     bind_t: list[float] = []
     xen_t: list[float] = []
+    lean_t: list[float] = []
+    lean_vp_t: list[float] = []
     for _ in range(args.repeat):
         raw_t += bare_rate(n, raw=True, repeat=1)
         bind_t += bare_rate(n, raw=False, repeat=1)
         xen_t.append(xenpy_run(n))
+        if args.lean_path:
+            lean_t += lean_rate(n, void_p=False, repeat=1)
+            lean_vp_t += lean_rate(n, void_p=True, repeat=1)
 
-    rate = lambda t: n / t                        # noqa: E731
-    r_raw, r_bind, r_xen = rate(median(raw_t)), rate(median(bind_t)), rate(median(xen_t))
-    us = lambda r: 1e6 / r                        # noqa: E731
+    r_raw, r_bind, r_xen = n / median(raw_t), n / median(bind_t), n / median(xen_t)
+
+    def us(rate: float) -> float:
+        return 1e6 / rate
+
     print(f"hypercall_rate: nullhc guest, n={n:,} xen_version calls, {args.repeat} runs each "
           f"(median; spread = (max-min)/median)\n")
     print(table(["what", "calls/s", "us/call", "spread"], [
         ["bare Unicorn, empty raw ctypes hook", r_raw, us(r_raw), spread(raw_t)],
         ["bare Unicorn, empty binding hook", r_bind, us(r_bind), spread(bind_t)],
         ["xenpy (first->last console byte)", r_xen, us(r_xen), spread(xen_t)],
-    ]))
+    ] + ([
+        ["bare, minimal Python path, binding argtypes", n / median(lean_t),
+         us(n / median(lean_t)), spread(lean_t)],
+        ["bare, minimal Python path, c_void_p PYFUNCTYPE", n / median(lean_vp_t),
+         us(n / median(lean_vp_t)), spread(lean_vp_t)],
+    ] if args.lean_path else [])))
     print(f"\nxenpy / raw-hook baseline = {r_xen / r_raw:.3f}; xenpy's dispatch costs "
           f"{us(r_xen) - us(r_raw):.2f} us per call over an empty hook")
     print(f"goal >= {GOAL:,}/s: {'met' if r_xen >= GOAL else 'NOT met'} ({r_xen:,.0f}/s)")
@@ -155,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     emit_json({"bench": "hypercall_rate", "n": n, "repeat": args.repeat,
                "xenpy_per_s": r_xen, "bare_raw_per_s": r_raw, "bare_binding_per_s": r_bind,
                "xenpy_us_per_call": us(r_xen), "overhead_us_per_call": us(r_xen) - us(r_raw),
-               "ratio_vs_raw": r_xen / r_raw})
+               "ratio_vs_raw": r_xen / r_raw,
+               **({"lean_binding_per_s": n / median(lean_t),
+                   "lean_void_p_per_s": n / median(lean_vp_t)} if args.lean_path else {})})
     return 0
 
 

@@ -19,7 +19,8 @@ HERE = Path(__file__).resolve().parent
 
 BENCHES = [
     ("cpu_bound.py", [], ["-n", "10000000", "--repeat", "3"]),
-    ("hypercall_rate.py", ["--breakdown"], ["-n", "50000", "--repeat", "3"]),
+    ("hypercall_rate.py", ["--breakdown", "--lean-path"],
+     ["-n", "50000", "--repeat", "3", "--lean-path"]),
     ("first_byte.py", [], ["--repeat", "3"]),
 ]
 
@@ -28,7 +29,7 @@ def git_commit() -> str | None:
     """The commit being measured (read-only git query), if this is a git checkout."""
     try:
         r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, text=True,
-                           capture_output=True, timeout=10)
+                           capture_output=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return r.stdout.strip() or None if r.returncode == 0 else None
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, str(HERE / script)] + (quick if args.quick else extra)
         print(f"\n=== {' '.join(cmd[1:])}", flush=True)
         t0 = time.perf_counter()
-        p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
         sys.stdout.write(p.stdout)
         lines = p.stdout.strip().splitlines()
         try:

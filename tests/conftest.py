@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["xenpy.testing"]
+pytest_plugins = ["xenpy.testing", "pytester"]
 
 GUESTS = Path(__file__).resolve().parent.parent / "guests"
 

@@ -53,9 +53,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         spec.cmdline = args.cmdline
     out = sys.stdout.buffer
     host = Host(memory_mib=max(args.host_memory, spec.memory_mib + 64))
+    debug = None
     try:
         d = boot_domain(host, spec)
         d.console_sink = lambda data: (out.write(data), out.flush())
+        if args.gdb is not None or args.trace is not None:
+            from .debug.session import DebugSession
+            debug = DebugSession.start(host, d, gdb_port=args.gdb, trace=args.trace,
+                                       json_lines=args.json)
         finished = host.run([d], timeout=args.timeout)
         if not finished:
             print(f"xenpy: timeout: domain {d.name} still running after {args.timeout} s",
@@ -67,6 +72,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"xenpy: domain {d.name} {d.shutdown_reason.name}: {why}", file=sys.stderr)
         return EXIT_CRASH
     finally:
+        if debug is not None:
+            debug.close()
         host.close()
 
 
@@ -87,7 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--cmdline", help="guest command line")
     run.add_argument("--timeout", type=float, default=None, help="give up after S seconds")
     run.add_argument("--host-memory", type=int, default=128, help="host memory in MiB")
+    run.add_argument("--gdb", type=int, metavar="PORT",
+                     help="wait for gdb on 127.0.0.1:PORT (0: a free port) before the first instruction")
+    run.add_argument("--trace", metavar="NAMES",
+                     help="--trace[=NAMES]: print each hypercall to stderr, as strace "
+                          "(NAMES: comma-separated; none: all)")
+    run.add_argument("--json", action="store_true", help="with --trace: one JSON object per line")
     run.set_defaults(func=cmd_run)
+    # A bare --trace means "all": written as --trace= so it never swallows the kernel argument.
+    argv = ["--trace=" if a == "--trace" else a for a in (sys.argv[1:] if argv is None else argv)]
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * args.verbose,
                         format="xenpy: %(name)s: %(message)s")

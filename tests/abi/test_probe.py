@@ -101,7 +101,8 @@ _UNSIGNED = {ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64, 
              ctypes.c_ushort, ctypes.c_uint, ctypes.c_ulong, ctypes.c_ulonglong}
 
 
-def walk_fields(cls: type, owner: str, prefix: str = "", base: int = 0) -> list[Field]:
+def walk_fields(cls: type, prefix: str = "", base: int = 0) -> list[Field]:
+    """Every field of ``cls``, nested ones too, with offsets from the outermost struct."""
     out: list[Field] = []
     for entry in cls._fields_:
         name, typ = entry[0], entry[1]
@@ -114,12 +115,12 @@ def walk_fields(cls: type, owner: str, prefix: str = "", base: int = 0) -> list[
         signed = True if typ in _SIGNED else False if typ in _UNSIGNED else None
         out.append(Field(path, off, ctypes.sizeof(typ), signed))
         if issubclass(typ, (ctypes.Structure, ctypes.Union)):
-            out += walk_fields(typ, owner, path + ".", off)
+            out += walk_fields(typ, path + ".", off)
         elif issubclass(typ, ctypes.Array) and issubclass(typ._type_, (ctypes.Structure,
                                                                          ctypes.Union)):
             stride = ctypes.sizeof(typ._type_)
             out.append(Field(f"{path}[1]", off + stride, stride, None))
-            out += walk_fields(typ._type_, owner, f"{path}[0].", off)
+            out += walk_fields(typ._type_, f"{path}[0].", off)
     return out
 
 
@@ -197,8 +198,8 @@ def includes() -> str:
         h = header_of(mod)
         if h and h not in hdrs:
             hdrs.append(h)
-    return "#include <stddef.h>\n#include <stdint.h>\n#include <stdio.h>\n" + "".join(f"#include <{h}>\n"
-                                                                 for h in hdrs)
+    std = "#include <stddef.h>\n#include <stdint.h>\n#include <stdio.h>\n"
+    return std + "".join(f"#include <{h}>\n" for h in hdrs)
 
 
 def struct_program(width: Width) -> tuple[str, dict[tuple[str, str], tuple]]:
@@ -207,7 +208,7 @@ def struct_program(width: Width) -> tuple[str, dict[tuple[str, str], tuple]]:
         ct = c_struct_name(py)
         lines.append(f'printf("S {py} %zu\\n", sizeof({ct}));')
         expect[(py, "")] = (ctypes.sizeof(cls),)
-        for f in walk_fields(cls, py):
+        for f in walk_fields(cls):
             m = f"((({ct} *)0)->{f.path})"
             sign = f", (int)((__typeof__({m}))-1 < 0)" if f.signed is not None else ", -1"
             lines.append(f'printf("F {py} {f.path} %zu %zu %d\\n", offsetof({ct}, {f.path}), '

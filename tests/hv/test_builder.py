@@ -1,7 +1,6 @@
 """The PV domain builder: libxenguest's layout, the boot state, and its rejections."""
 from __future__ import annotations
 
-import ctypes
 import os
 import struct
 

@@ -128,6 +128,8 @@ class Catchpoints:
         if depth or not (self.all_hypercalls or (self.hypercalls and nr in self.hypercalls)):
             return False
         pc = self.target.pc(vid)
+        if self.domain.width == Width.X86_32:
+            pc -= 2       # the hook runs after `int $0x82`; report the instruction itself
         with self._lock:
             if self._passing.get(vid) == pc:
                 del self._passing[vid]

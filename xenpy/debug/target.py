@@ -3,13 +3,14 @@
 Who runs what.  The Host's scheduler loop owns the CPUs; the debugger never calls
 emu_start itself.  Attaching wraps each vCPU's ``run_slice`` (an instance attribute, so
 an unattached domain runs the class method and pays nothing) with UcDebug's
-``before_run``/``after_run``, and holds a stopped domain by setting ``v.debug_stop`` on
-every vCPU: the scheduler skips those.  gdb's thread (the stub's server) only flips that
+``before_run``/``after_run``, and holds a stopped domain by setting ``v.debug_hold`` on
+every vCPU: the scheduler skips those.  ``v.debug_stop`` tells the
+scheduler that the slice it just ran was stopped by the debugger, not by a fault.  gdb's thread (the stub's server) only flips that
 state under ``_cond`` and waits; registers and memory are read while no vCPU of the
 domain is inside a slice (``wait_stop`` returns only then).
 
 Invariants (all under ``_cond``):
-- ``_running`` False  <=> every vCPU has ``debug_stop`` set and none enters a slice.
+- ``_running`` False  <=> every vCPU has ``debug_hold`` set and none enters a slice.
 - A stop is reported once per resume (``_report``): the first vCPU to stop stops all
   (gdb's all-stop mode), later ones are ignored.
 - Ctrl-C with no vCPU inside a slice (all blocked or offline) is answered at once, so
@@ -122,7 +123,7 @@ class DomainTarget:
                     v.run_slice = self._make_runner(vd)    # type: ignore[method-assign]
             self._running = False
             for vd in self._vcpus:
-                vd.v.debug_stop = True
+                vd.v.debug_hold = True
             busy = [vd for vd in self._vcpus if vd.v.vcpu_id in self._in_slice]
         for vd in busy:
             vd.dbg.interrupt()
@@ -146,7 +147,7 @@ class DomainTarget:
                 vd.dbg.discard_interrupt()
                 if "run_slice" in vars(vd.v):
                     del vd.v.run_slice
-                vd.v.debug_stop = False
+                vd.v.debug_hold = False
             self._vcpus = []
             self._running = True
             self._caught.clear()
@@ -242,7 +243,7 @@ class DomainTarget:
             self._caught.clear()
             self._running = True
             for vd in self._vcpus:
-                vd.v.debug_stop = vd.v.vcpu_id not in action.vcpus
+                vd.v.debug_hold = vd.v.vcpu_id not in action.vcpus
         wake_scheduler(self.domain)
 
     def wait_stop(self, timeout: float | None) -> StopEvent | None:
@@ -303,7 +304,7 @@ class DomainTarget:
         v, vid = vd.v, vd.v.vcpu_id
         with self._cond:
             if not self._running or vid not in self._resume.vcpus:
-                v.debug_stop = True
+                v.debug_hold = v.debug_stop = True
                 return
             if self._interrupt:
                 self._report(StopEvent(vcpu=vid, signal=SIGINT))
@@ -333,6 +334,7 @@ class DomainTarget:
                 if event is None and self._interrupt:
                     event = StopEvent(vcpu=vid, signal=SIGINT)
                 if event is not None:
+                    v.debug_stop = True      # the scheduler must not take this for a fault
                     self._report(event)
                 self._cond.notify_all()
 
@@ -343,8 +345,9 @@ class DomainTarget:
         self._running = False
         self._stop = event
         for vd in self._vcpus:
-            vd.v.debug_stop = True
+            vd.v.debug_hold = True
             if vd.v.vcpu_id in self._in_slice:
+                vd.v.debug_stop = True
                 vd.v.cpu.stop()
         self._cond.notify_all()
 
@@ -371,6 +374,4 @@ class DomainTarget:
 
 def wake_scheduler(d: "Domain") -> None:
     """Let the Host's loop notice a vCPU that became runnable (it polls otherwise)."""
-    wakeup = getattr(d.host, "_wakeup", None)
-    if isinstance(wakeup, threading.Event):
-        wakeup.set()
+    d.host.notify_event(d)

@@ -63,6 +63,10 @@ class Domain:
         self.cpu_time = 0.0                       # seconds of host time spent running
         self.xen_frames: list[int] = []           # per-domain hypervisor frames (freed with it)
         self.xen_l2s: set[int] = set()            # L2s under PAE L3 slot 3 (PGT_pae_xen_l2)
+        self.special_frames: set[int] = set()     # hypervisor pages shared with it (mm.py)
+        self.unplaced: set[int] = set()           # RAM frames at no tracked pfn (memory.py)
+        self.grant_frames: list[int] = []         # grant-table frames (grant_table.py)
+        self.gnttab = None                        # grant_table.GrantTable, made on first use
         from .schedule import SchedParams
         self.sched = SchedParams()
         self.vruntime = 0
@@ -79,7 +83,7 @@ class Domain:
 
     @property
     def nr_pages(self) -> int:
-        return sum(1 for m in self.p2m if m >= 0)
+        return sum(1 for m in self.p2m if m >= 0) + len(self.unplaced)
 
     def owns(self, mfn: int) -> bool:
         return 0 <= mfn < self.mem.nr_frames and self.mem.owner[mfn] == self.domid
@@ -107,6 +111,11 @@ class Domain:
         if self.vcpus and all(v.blocked for v in self.vcpus):
             return DomainState.blocked
         return DomainState.running
+
+    @property
+    def finished(self) -> bool:
+        """Shut down or being destroyed: it will not run again."""
+        return self.dying or self.shutdown_reason is not None
 
     @property
     def runnable(self) -> bool:
@@ -148,6 +157,8 @@ class Domain:
                     t.cancelled = True
             v.close()
         self.shared_info = None
+        from .mm import relinquish_resources
+        relinquish_resources(self)                # grants first: they hold references
         frames = [m for m in self.p2m if m >= 0]
         if self.shared_info_mfn >= 0:
             frames.append(self.shared_info_mfn)

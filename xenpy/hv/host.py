@@ -51,6 +51,7 @@ class Host:
         self._preempted = False
         self._wakeup = threading.Event()
         self._slice_lock = threading.Lock()
+        self.slices = 0                            # vCPU slices run (statistics)
         self._ticker: threading.Thread | None = None
         self._ticking = False
         self.hv_console: list[bytes] = []
@@ -188,17 +189,16 @@ class Host:
             while True:
                 if until is not None and until():
                     return True
-                if not any(d.runnable for d in targets):
+                if targets and all(d.finished for d in targets):
                     return True
                 if deadline is not None and time.monotonic() >= deadline:
                     return False
-                if not self._schedule_once(deadline):
-                    return True
+                self._schedule_once(deadline)
         finally:
             self._ticking = False
             self._current = None
 
-    def _schedule_once(self, deadline: float | None) -> bool:
+    def _schedule_once(self, deadline: float | None) -> None:
         """Fire due timers, then run one slice of the chosen vCPU, or idle."""
         from . import time as xtime
         clock = self.clock
@@ -206,17 +206,14 @@ class Host:
         for t in self.timers.expire(now):
             xtime.fire(t)
         domains = [d for d in self.domains.values() if d.runnable]
-        if not domains:
-            return False
         self.scheduler.new_period(now, domains)
         ready = [v for d in domains if not self.scheduler.capped(d)
                  for v in d.vcpus if v.online and not v.blocked and not v.debug_hold]
         if not ready:
             self._idle(deadline, domains)
-            return True
-        v = self.scheduler.pick(ready)
-        self._run_vcpu(v)
-        return True
+            return
+        self.slices += 1
+        self._run_vcpu(self.scheduler.pick(ready))
 
     def _idle(self, deadline: float | None, domains: list[Domain]) -> None:
         """Nothing to run: sleep until an event, the next timer or the next cap period."""

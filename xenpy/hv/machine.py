@@ -114,6 +114,8 @@ class MachineMemory:
         """Scrub and release frames (a destroyed domain's, a ballooned-out page)."""
         zero = bytes(PAGE_SIZE)
         for mfn in mfns:
+            if self.owner[mfn] == DOMID_FREE:
+                continue                   # already free: releasing twice must be harmless
             self.view[mfn << PAGE_SHIFT:(mfn + 1) << PAGE_SHIFT] = zero
             self.owner[mfn] = DOMID_FREE
             self.type[mfn] = PageType.none

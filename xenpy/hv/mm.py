@@ -38,16 +38,16 @@ from ..abi.xen import (DOMID_SELF, MMU_MACHPHYS_UPDATE, MMU_NORMAL_PT_UPDATE,
                        MMUEXT_PIN_L2_TABLE, MMUEXT_PIN_L3_TABLE, MMUEXT_PIN_L4_TABLE,
                        MMUEXT_SET_LDT, MMUEXT_TLB_FLUSH_ALL, MMUEXT_TLB_FLUSH_LOCAL,
                        MMUEXT_TLB_FLUSH_MULTI, MMUEXT_UNMARK_SUPER, MMUEXT_UNPIN_TABLE,
-                       PAGE_SHIFT, PAGE_SIZE, UVMF_ALL, UVMF_FLUSHTYPE_MASK, UVMF_INVLPG,
+                       HYPERVISOR_VIRT_START_PAE, PAGE_SHIFT, PAGE_SIZE, UVMF_ALL, UVMF_FLUSHTYPE_MASK, UVMF_INVLPG,
                        UVMF_TLB_FLUSH, VMASST_CMD_disable, VMASST_CMD_enable,
                        VMASST_TYPE_4gb_segments, VMASST_TYPE_4gb_segments_notify,
                        VMASST_TYPE_architectural_iopl, VMASST_TYPE_m2p_strict,
                        VMASST_TYPE_pae_extended_cr3, VMASST_TYPE_runstate_update_flag,
                        VMASST_TYPE_writable_pagetables, Width, _PAGE_ACCESSED, _PAGE_DIRTY,
                        _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_USER)
-from .guest_access import MADDR_MASK
+from .guest_access import MADDR_MASK, GuestFault
 from .hypercall import hypercall
-from .layout import FIRST_HV_L2_SLOT, HYPERVISOR_VIRT_START_PAE_GUEST_LIMIT
+from .layout import FIRST_HV_L2_SLOT
 from .machine import PageType
 
 if TYPE_CHECKING:
@@ -226,6 +226,8 @@ def get_entry(d: "Domain", level: int, e: int, slot: int = -1) -> None:
         if not d.owns(target):
             raise PageError(Errno.EBUSY, f"L1 entry {e:#x} maps mfn {target:#x} of "
                             f"d{mem.owner[target]:#x}, not d{d.domid}")
+        if e & _PAGE_RW and d.gnttab is not None and target in d.gnttab.status:
+            raise PageError(Errno.EBUSY, f"grant status frame {target:#x} is read-only")
         mem.ref_count[target] += 1
         if e & _PAGE_RW:
             try:
@@ -365,7 +367,7 @@ def guest_l1e_maddr(v: "Vcpu", va: int) -> int:
 def guest_va_ok(d: "Domain", va: int) -> bool:
     """__addr_ok: below the hypervisor's part of the address space."""
     if d.width == Width.X86_32:
-        return 0 <= va < HYPERVISOR_VIRT_START_PAE_GUEST_LIMIT
+        return 0 <= va < HYPERVISOR_VIRT_START_PAE
     return va < 0x0000800000000000 or va >= 0xFFFF880000000000
 
 
@@ -385,7 +387,11 @@ def do_mmu_update(v: "Vcpu", ureqs: int, count: int, pdone: int, foreigndom: int
     done = 0
     rc = 0
     for i in range(count):
-        ptr, val = struct.unpack("<QQ", v.gmem.read(ureqs + 16 * i, 16))
+        try:
+            ptr, val = struct.unpack("<QQ", v.gmem.read(ureqs + 16 * i, 16))
+        except GuestFault:
+            rc = -Errno.EFAULT       # Xen still reports the progress made
+            break
         try:
             mmu_update_one(d, ptr, val)
         except PageError as e:
@@ -565,7 +571,11 @@ def do_mmuext_op(v: "Vcpu", uops: int, count: int, pdone: int, foreigndom: int) 
     done = 0
     rc = 0
     for i in range(count):
-        cmd, arg1, arg2 = struct.unpack(fmt, v.gmem.read(uops + size * i, size))
+        try:
+            cmd, arg1, arg2 = struct.unpack(fmt, v.gmem.read(uops + size * i, size))
+        except GuestFault:
+            rc = -Errno.EFAULT
+            break
         try:
             rc = mmuext_one(v, cmd, arg1, arg2)
         except PageError as e:
@@ -667,11 +677,10 @@ def set_ldt(v: "Vcpu", base: int, ents: int) -> int:
             put_page_type(d, mfn)
         d.log_once(f"ldt {e}", "set_ldt(%#x, %d): %s", base, ents, e)
         return -e.errno
-    for mfn in v.ldt_frames:
+    for mfn in getattr(v, "ldt_frames", ()):
         put_page_type(d, mfn)
     v.ldt_frames = frames
     v.ldt = (base, ents)
-    v.cpu.set_ldtr(base, ents * 8 - 1 if ents else 0)
     return 0
 
 
@@ -770,6 +779,8 @@ def audit(host) -> list[str]:
         for mfn in d.special_frames:
             refs[mfn] += 1
             use(mfn, PageType.writable)
+        for mfn in grant_table.status_frames(d):
+            refs[mfn] += 1
         for v in d.vcpus:
             for mfn in (v.guest_table, v.guest_table_user):
                 if mfn:

@@ -140,8 +140,9 @@ def fire(t: Timer) -> None:
         v.singleshot = None
     else:
         period = v.periodic_period
-        if period:
-            v.periodic = v.domain.host.timers.add(v, t.deadline + period, "periodic")
+        if period:     # Xen: the next event is a period after this one was delivered
+            now = v.domain.host.clock.now()
+            v.periodic = v.domain.host.timers.add(v, now + period, "periodic")
     v.domain.evtchn.send_virq(VIRQ_TIMER, v.vcpu_id)
     v.kick()
 
