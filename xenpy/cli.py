@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                           "(NAMES: comma-separated; none: all)")
     run.add_argument("--json", action="store_true", help="with --trace: one JSON object per line")
     run.set_defaults(func=cmd_run)
+    from .toolstack.cli_host import register as register_host_commands
+    register_host_commands(sub)
     # A bare --trace means "all": written as --trace= so it never swallows the kernel argument.
     argv = ["--trace=" if a == "--trace" else a for a in (sys.argv[1:] if argv is None else argv)]
     args = parser.parse_args(argv)

@@ -47,6 +47,7 @@ PY_ONLY_FIELDS = {
 #: C expressions for Python constants whose header counterpart has another shape.
 ALIASES: dict[str, str] = {
     "XENVER_GUEST_HANDLE_LEN": "sizeof(xen_domain_handle_t)",   # XENVER_guest_handle's arg
+    "XENMEMF_address_bits_mask": "XENMEMF_get_address_bits(~0u)",
 }
 
 #: Python constants that are not (or not under this name) in the public headers.
@@ -63,7 +64,6 @@ NOT_IN_HEADERS: dict[str, str] = {
     r"INVALID_M2P_ENTRY": "Xen's internal mm.h (the M2P value of an unassigned frame)",
     r"XENCONS_(IN|OUT)_SIZE": "the sizes of xencons_interface's arrays (checked by layout)",
     r"E820_RAM": "E820 type, from the e820 spec, not a Xen header",
-    r"XSD_SOCKMSG_SIZE": "sizeof(struct xsd_sockmsg), a Python convenience",
 }
 
 
@@ -174,6 +174,11 @@ def constants() -> list[Const]:
                     add(Const(name, int(obj), (name, f"sizeof(xen_{t}_t)",
                                                f"sizeof(xen_{t}_info_t)",
                                                *([ALIASES[name]] if name in ALIASES else []))))
+                elif m := re.fullmatch(r"(\w+)_SIZE", name):
+                    # a struct size: sizeof(<x>_t) or sizeof(struct <x>)
+                    t = m.group(1).lower()
+                    add(Const(name, int(obj), (name, f"sizeof({t}_t)", f"sizeof(struct {t})",
+                                               *([ALIASES[name]] if name in ALIASES else []))))
                 else:
                     add(Const(name, int(obj), (name, *([ALIASES[name]] if name in ALIASES
                                                        else []))))
@@ -268,6 +273,7 @@ def probe_constants(width: Width, tmp: Path) -> dict[str, int]:
         if run.returncode == 0:
             break
         missing = set(re.findall(r"'([A-Za-z_]\w*)' undeclared", run.stderr))
+        missing |= set(re.findall(r"incomplete type 'struct (\w+)'", run.stderr))
         assert missing, f"the constant probe does not compile:\n{run.stderr[:4000]}"
         candidates = [(k, e) for k, e in candidates if missing.isdisjoint(re.findall(r"\w+", e))]
     else:

@@ -211,3 +211,19 @@ continue
     assert "catch trap: 3, 14" in out
     assert "hypercall: expected a name such as sched_op or a number, got 'no_such_call'" in out
     assert rc == 0
+
+
+def test_catch_trap_stops_when_the_guest_takes_it(gdb, runs, tmp_path) -> None:
+    script = """monitor trap
+monitor catch trap 3
+continue
+monitor trap
+monitor catch delete
+kill
+"""
+    out, rc, stdout, _ = session(gdb, runs, tmp_path, "traps", 32, script)
+    assert "no trap caught yet" in out
+    assert "Program received signal SIGTRAP" in out
+    assert re.search(r"vcpu 0: trap 3 \(int3\), stopped at 0x[0-9a-f]+", out), out
+    assert "int3 (ip after the int3)" not in stdout    # stopped before the guest's handler ran
+    assert rc == 1                                       # killed

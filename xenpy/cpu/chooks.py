@@ -27,8 +27,17 @@ from unicorn.unicorn_py3.unicorn import uclib
 CDEF = """
 struct xp_budget { uint64_t blocks; uint64_t limit; void *stop; int stopped; };
 struct xp_dirty { uint8_t *bitmap; uint64_t base; uint64_t npages; uint64_t count; };
+struct xp_entry {
+    void *read_batch; void *write_reg;
+    int ids[10]; uint64_t vals[10]; void *ptrs[10]; int n;
+    int ret_id; uint64_t ret; int write_ret; int vector; void *handle;
+};
 uintptr_t xp_block_hook_ptr(void);
 uintptr_t xp_write_hook_ptr(void);
+uintptr_t xp_intr_hook_ptr(void);
+uintptr_t xp_syscall_hook_ptr(void);
+extern "Python" void xp_py_hypercall(void *);
+extern "Python" void xp_py_intr(void *, uint32_t);
 """
 
 SOURCE = r"""
@@ -64,6 +73,42 @@ static void xp_write_hook(void *uc, int type, uint64_t address, int size, int64_
     }
 }
 
+/* The hypercall entry: read the ABI's registers, call Python, write the result. */
+struct xp_entry {
+    void *read_batch; void *write_reg;
+    int ids[10]; uint64_t vals[10]; void *ptrs[10]; int n;
+    int ret_id; uint64_t ret; int write_ret; int vector; void *handle;
+};
+typedef int (*xp_read_batch_fn)(void *uc, int *ids, void **vals, int count);
+typedef int (*xp_write_fn)(void *uc, int id, const void *value);
+static void xp_py_hypercall(void *);
+static void xp_py_intr(void *, uint32_t);
+
+static void xp_enter(void *uc, struct xp_entry *e)
+{
+    ((xp_read_batch_fn)e->read_batch)(uc, e->ids, e->ptrs, e->n);
+    e->write_ret = 0;
+    xp_py_hypercall(e->handle);
+    if (e->write_ret)
+        ((xp_write_fn)e->write_reg)(uc, e->ret_id, &e->ret);
+}
+
+static void xp_intr_hook(void *uc, uint32_t intno, void *user)
+{
+    struct xp_entry *e = (struct xp_entry *)user;
+    if ((int)intno == e->vector)
+        xp_enter(uc, e);
+    else
+        xp_py_intr(e->handle, intno);
+}
+
+static void xp_syscall_hook(void *uc, void *user)
+{
+    xp_enter(uc, (struct xp_entry *)user);
+}
+
+uintptr_t xp_intr_hook_ptr(void) { return (uintptr_t)xp_intr_hook; }
+uintptr_t xp_syscall_hook_ptr(void) { return (uintptr_t)xp_syscall_hook; }
 uintptr_t xp_block_hook_ptr(void) { return (uintptr_t)xp_block_hook; }
 uintptr_t xp_write_hook_ptr(void) { return (uintptr_t)xp_write_hook; }
 """
@@ -96,7 +141,94 @@ def load():
     return mod.ffi, mod.lib
 
 
+@cache
+def externs_ready() -> bool:
+    _install_externs()
+    return True
+
+
 _STOP = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
+_READ_BATCH = ctypes.cast(uclib.uc_reg_read_batch, ctypes.c_void_p).value
+_WRITE_REG = ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p).value
+
+
+class HypercallEntry:
+    """The C side of a vCPU's hypercall entry (``int $0x82`` or ``syscall``).
+
+    The C hook reads the ABI's registers into ``vals`` with one uc_reg_read_batch,
+    calls ``on_hypercall(vals)`` (set ``result`` to have it written to the return
+    register), and sends every other interrupt to ``on_interrupt(vector)``.  Python
+    exceptions are kept in ``error`` and stop the CPU (re-raised by X86Cpu.run).
+    """
+
+    def __init__(self, cpu, reg_ids: list[int], ret_id: int, vector: int | None,
+                 on_hypercall, on_interrupt) -> None:
+        ffi, lib = load()
+        self._ffi = ffi
+        self.cpu = cpu
+        e = ffi.new("struct xp_entry *")
+        e.read_batch = ffi.cast("void *", _READ_BATCH)
+        e.write_reg = ffi.cast("void *", _WRITE_REG)
+        e.n = len(reg_ids)
+        for i, rid in enumerate(reg_ids):
+            e.ids[i] = rid
+            e.ptrs[i] = ffi.addressof(e.vals, i)
+        e.ret_id = ret_id
+        e.vector = -1 if vector is None else vector
+        self._handle = ffi.new_handle(self)
+        e.handle = self._handle
+        self.e = e
+        self.vals = e.vals
+        self.on_hypercall = on_hypercall
+        self.on_interrupt = on_interrupt
+        user = ctypes.c_void_p(int(ffi.cast("uintptr_t", e)))
+        h = cpu.handle
+        hh = ctypes.c_size_t()
+        if vector is not None:
+            fn = lib.xp_intr_hook_ptr()
+            err = uclib.uc_hook_add(h, ctypes.byref(hh), uc.UC_HOOK_INTR, ctypes.c_void_p(fn),
+                                    user, ctypes.c_uint64(1), ctypes.c_uint64(0))
+        else:
+            from unicorn import x86_const
+            fn = lib.xp_syscall_hook_ptr()
+            err = uclib.uc_hook_add(h, ctypes.byref(hh), uc.UC_HOOK_INSN, ctypes.c_void_p(fn),
+                                    user, ctypes.c_uint64(1), ctypes.c_uint64(0),
+                                    ctypes.c_int(x86_const.UC_X86_INS_SYSCALL))
+            cpu.on_interrupt(on_interrupt)
+        if err != uc.UC_ERR_OK:
+            raise RuntimeError(f"hypercall entry hook: {uc.UcError(err)}")
+        cpu.keep_hook(hh.value, self)
+
+    def set_result(self, value: int) -> None:
+        self.e.ret = value & 0xFFFFFFFFFFFFFFFF
+        self.e.write_ret = 1
+
+
+def _fail(self_: "HypercallEntry", exc: BaseException) -> None:
+    cpu = self_.cpu
+    if cpu.hook_error is None:
+        cpu.hook_error = exc
+    cpu.stop()
+
+
+def _install_externs() -> None:
+    ffi, lib = load()
+
+    @ffi.def_extern(onerror=lambda et, ev, tb: None)
+    def xp_py_hypercall(handle):
+        entry = ffi.from_handle(handle)
+        try:
+            entry.on_hypercall(entry.vals)
+        except BaseException as exc:      # noqa: BLE001 - re-raised by X86Cpu.run
+            _fail(entry, exc)
+
+    @ffi.def_extern(onerror=lambda et, ev, tb: None)
+    def xp_py_intr(handle, intno):
+        entry = ffi.from_handle(handle)
+        try:
+            entry.on_interrupt(intno)
+        except BaseException as exc:      # noqa: BLE001
+            _fail(entry, exc)
 
 
 class BlockBudget:

@@ -205,6 +205,11 @@ class X86Cpu:
         self._add(uc.UC_HOOK_INSN, _SYSCALL_CB(lambda _h, _u: g()), 1, 0,
                   x86.UC_X86_INS_SYSCALL)
 
+    def keep_hook(self, handle: int, owner: object) -> None:
+        """Record a hook registered elsewhere (C hooks) so close() removes it."""
+        self._hooks.append(handle)
+        self._callbacks.append(owner)
+
     def add_hook(self, htype: int, callback: Callable, begin: int = 1, end: int = 0) -> int:
         """A hook through the binding (for rare, non-hot hooks such as the debugger's)."""
         return self.uc.hook_add(htype, callback, begin=begin, end=end)
@@ -215,6 +220,13 @@ class X86Cpu:
     # --- execution ---------------------------------------------------------------------------
     def run(self, begin: int, until: int) -> None:
         """Run guest code from ``begin``; return when a hook stops it (or Unicorn does)."""
+        # A stop request can end emulation after a fault was raised but before its hook
+        # ran; the faulting instruction then runs again, and a stale old_exception would
+        # turn that fault into #DF (issue #1883).  Start every slice with it clear.
+        uclib.uc_context_save(self._h, self._ctx)
+        if self._ctx_old.value != -1:
+            self._ctx_old.value = -1
+            uclib.uc_context_restore(self._h, self._ctx)
         err = uclib.uc_emu_start(self._h, begin, until, 0, 0)
         exc, self.hook_error = self.hook_error, None
         if exc is not None:

@@ -196,6 +196,7 @@ monitor catch hypercall [NAME|NR ...]   stop before these hypercalls run (none: 
 monitor catch trap VECTOR ...           stop when the guest takes these traps
 monitor catch list | delete             show or delete the catchpoints
 monitor hypercall                       the caught hypercall, decoded (and its result)
+monitor trap                            the last trap caught
 monitor info domains                    the host's domains
 monitor info evtchn                     this domain's event channels
 monitor info grants                     this domain's active grant entries
@@ -216,6 +217,12 @@ def monitor_command(target: "DomainTarget", command: str) -> str:
         return _catch(target, rest)
     if head == "hypercall":
         return _catchpoints(target).describe(None)
+    if head == "trap":
+        t = _catchpoints(target).last_trap
+        if t is None:
+            return "no trap caught yet (monitor catch trap VECTOR ...)\n"
+        name = TRAP_NAMES.get(t.vector, "software interrupt" if t.vector >= 32 else "reserved")
+        return f"vcpu {t.vcpu}: trap {t.vector} ({name}), stopped at {t.pc:#x}\n"
     if head == "info" and rest:
         what, args = rest[0], rest[1:]
         if what == "domains":
@@ -229,7 +236,7 @@ def monitor_command(target: "DomainTarget", command: str) -> str:
                 raise ConfigError("monitor info pagewalk: expected one virtual address, got "
                                   f"{len(args)} arguments")
             return info_pagewalk(target, _int(args[0], "virtual address"))
-    raise ConfigError(f"monitor: expected one of catch, hypercall, info, help; got {command!r}\n{HELP}")
+    raise ConfigError(f"monitor: expected one of catch, hypercall, trap, info, help; got {command!r}\n{HELP}")
 
 
 def _catchpoints(target: "DomainTarget") -> Catchpoints:

@@ -84,6 +84,39 @@ def dispatch(v: "Vcpu", nr: int, args: tuple[int, ...]):
     return res
 
 
+def fast_dispatcher(v: "Vcpu") -> Callable[[int, int, int, int, int, int, int], object]:
+    """dispatch() specialised for one vCPU: the hot path of every hypercall.
+
+    Looks the row up in the vCPU's ABI column and calls the handler with exactly its
+    argument count, without building tuples; falls back to dispatch() when observers
+    (trace, debugger) are attached or the number is unknown."""
+    table = TABLE[v.domain.width]
+    observers = v.domain.host.hypercall_observers
+    efault = -Errno.EFAULT
+
+    def fast(nr: int, a1: int, a2: int, a3: int, a4: int, a5: int, a6: int):
+        row = table[nr] if nr < NR_HYPERCALLS else None
+        if row is None or observers:
+            return dispatch(v, nr, (a1, a2, a3, a4, a5, a6))
+        n = row.nargs
+        try:
+            if n == 2:
+                return row.fn(v, a1, a2)
+            if n == 1:
+                return row.fn(v, a1)
+            if n == 3:
+                return row.fn(v, a1, a2, a3)
+            if n == 4:
+                return row.fn(v, a1, a2, a3, a4)
+            return row.fn(v, *(a1, a2, a3, a4, a5, a6)[:n])
+        except GuestFault as f:
+            log.debug("d%d %s: bad guest pointer %#x", v.domain.domid, row.name, f.va)
+            return efault
+        except Continue:
+            return None
+    return fast
+
+
 def _call(v: "Vcpu", nr: int, args: tuple[int, ...]) -> int | None:
     hc = TABLE[v.domain.width][nr] if 0 <= nr < NR_HYPERCALLS else None
     if hc is None:

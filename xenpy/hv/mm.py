@@ -434,10 +434,11 @@ def mmu_update_one(d: "Domain", ptr: int, val: int) -> None:
 def set_gpfn_from_mfn(d: "Domain", mfn: int, pfn: int) -> None:
     """The M2P entry, and xenpy's own p2m bookkeeping of the domain's RAM frames."""
     mem = d.mem
-    mem.set_m2p(mfn, pfn & ((1 << (8 * d.width)) - 1))
-    if mfn in d.special_frames:
-        return
     old = _p2m_index(d, mfn)
+    tracked = old is not None or mfn in d.unplaced
+    mem.set_m2p(mfn, pfn & ((1 << (8 * d.width)) - 1))
+    if not tracked:
+        return          # not RAM the domain holds (shared pages, frames it gave back)
     if old is not None:
         d.p2m[old] = -1
     if 0 <= pfn < max(len(d.p2m), d.max_pages) + 1024:
@@ -456,10 +457,7 @@ def _p2m_index(d: "Domain", mfn: int) -> int | None:
     pfn = d.mem.m2p(mfn)
     if pfn is not None and pfn < len(d.p2m) and d.p2m[pfn] == mfn:
         return pfn
-    try:
-        return d.p2m.index(mfn)
-    except ValueError:
-        return None
+    return None          # every p2m entry is mirrored in the M2P (set_m2p alongside)
 
 
 # --- update_va_mapping ---------------------------------------------------------------------

@@ -44,36 +44,39 @@ _FORCED_EMUL = b"\x0f\x0bxen"
 
 
 def install_hooks(v: "Vcpu") -> None:
+    from ..cpu.chooks import HypercallEntry, externs_ready
+    from ..cpu.x86 import REGS32
     fw = v.domain.host.layout32.firmware.symbols
     v.fw_iret = fw["iret_tramp"]
     v.fw_gate_return = fw["gate_entry"] + 2
     v.fw_user_gate = fw["user_gate"]
-    hregs = v.cpu.batch(["eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "cs", "eip"])
-    eax_out = v.cpu.batch(["eax"])
-    dispatch = hc.dispatch
+    fast = hc.fast_dispatcher(v)
+    DEFER = hc.DEFER
     cpu = v.cpu
 
-    def on_interrupt(vector: int) -> None:
-        if vector == HYPERCALL_VECTOR:
-            r = hregs.read()
-            if r[7] & 3 == 1:
-                v.in_hypercall = True
-                res = dispatch(v, r[0] & 0xFFFFFFFF, (r[1], r[2], r[3], r[4], r[5], r[6]))
-                v.in_hypercall = False
-                if res is hc.DEFER:
-                    cpu.set_reg("eip", r[8] - 2)      # back onto the int $0x82
-                    v.debug_stop = True
-                    cpu.stop()
-                    return
-                if res is not None:
-                    eax_out.vals[0] = res & 0xFFFFFFFF
-                    eax_out.write()
-                if v.vcpu_info_pending():
-                    deliver_event(v)
-                return
-        do_trap(v, vector)
+    def on_hypercall(r) -> None:
+        """int $0x82: r = eax ebx ecx edx esi edi ebp cs eip, read by the C hook."""
+        if r[7] & 3 != 1:
+            do_trap(v, HYPERCALL_VECTOR)          # from ring 3: #GP, as Xen's DPL-1 gate
+            return
+        v.in_hypercall = True
+        res = fast(r[0] & 0xFFFFFFFF, r[1], r[2], r[3], r[4], r[5], r[6])
+        v.in_hypercall = False
+        if res is DEFER:
+            cpu.set_reg("eip", r[8] - 2)          # back onto the int $0x82
+            v.debug_stop = True
+            cpu.stop()
+            return
+        if res is not None:
+            entry.set_result(res)
+        if v.vcpu_info_pending():
+            deliver_event(v)
 
-    cpu.on_interrupt(on_interrupt)
+    externs_ready()
+    entry = HypercallEntry(cpu, [REGS32[n] for n in ("eax", "ebx", "ecx", "edx", "esi", "edi",
+                                                     "ebp", "cs", "eip")],
+                           REGS32["eax"], HYPERCALL_VECTOR, on_hypercall,
+                           lambda vector: do_trap(v, vector))
     cpu.on_invalid_opcode(lambda: do_invalid_op(v))
     cpu.on_cpuid(lambda: emul_priv_op.cpuid(v))
     cpu.on_port_in(lambda port, size: emul_priv_op.port_in(v, port, size))

@@ -42,26 +42,26 @@ def canonical(addr: int) -> bool:
 
 
 def install_hooks(v: "Vcpu") -> None:
+    from ..cpu.chooks import HypercallEntry, externs_ready
+    from ..cpu.x86 import REGS64
     v.fw_iret = v.domain.hv_layout.host.firmware.symbols["iret_tramp"]
-    hregs = v.cpu.batch(["rax", "rdi", "rsi", "rdx", "r10", "r8", "r9", "rip"])
-    rax_out = v.cpu.batch(["rax"])
-    dispatch = hc.dispatch
+    fast = hc.fast_dispatcher(v)
+    DEFER = hc.DEFER
     cpu = v.cpu
 
-    def on_syscall() -> None:
-        r = hregs.read()
+    def on_syscall(r) -> None:
+        """syscall: r = rax rdi rsi rdx r10 r8 r9 rip, read by the C hook."""
         v.in_syscall_hook = True
         try:
             if v.kernel_mode:
-                res = dispatch(v, r[0] & 0xFFFFFFFF, (r[1], r[2], r[3], r[4], r[5], r[6]))
-                if res is hc.DEFER:
+                res = fast(r[0] & 0xFFFFFFFF, r[1], r[2], r[3], r[4], r[5], r[6])
+                if res is DEFER:
                     set_ip(v, r[7])                   # back onto the syscall
                     v.debug_stop = True
                     cpu.stop()
                     return
                 if res is not None:
-                    rax_out.vals[0] = res & MASK64
-                    rax_out.write()
+                    entry.set_result(res)
                 if v.vcpu_info_pending():
                     deliver_event(v)
             else:
@@ -69,8 +69,10 @@ def install_hooks(v: "Vcpu") -> None:
         finally:
             v.in_syscall_hook = False
 
-    cpu.on_syscall(on_syscall)
-    cpu.on_interrupt(lambda vector: do_trap(v, vector))
+    externs_ready()
+    entry = HypercallEntry(cpu, [REGS64[n] for n in ("rax", "rdi", "rsi", "rdx", "r10", "r8",
+                                                     "r9", "rip")],
+                           REGS64["rax"], None, on_syscall, lambda vector: do_trap(v, vector))
     cpu.on_invalid_opcode(lambda: do_invalid_op(v))
     cpu.on_cpuid(lambda: emul_priv_op.cpuid(v))
     cpu.on_port_in(lambda port, size: emul_priv_op.port_in(v, port, size))

@@ -85,6 +85,7 @@ class Vcpu:
         self.periodic_period = 0
         self.run_ns = 0
         self._budget = None
+        self._vi_flags = None
         self._wake = threading.Event()
         if domain.width == Width.X86_32:
             traps.install_hooks(self)
@@ -92,9 +93,15 @@ class Vcpu:
             traps64.install_hooks(self)
 
     def vcpu_info_pending(self) -> bool:
-        """An upcall is due: events pending and not masked (checked on every guest entry)."""
-        vi = self.vcpu_info
-        return bool(vi.evtchn_upcall_pending) and not vi.evtchn_upcall_mask
+        """An upcall is due: events pending and not masked (checked on every guest exit).
+
+        Reads the two flag bytes of vcpu_info straight from machine memory: this runs
+        after every hypercall."""
+        f = self._vi_flags
+        if f is None:
+            base = (self.domain.shared_info_mfn << 12) + 64 * self.vcpu_id
+            f = self._vi_flags = self.domain.mem.view[base:base + 2]
+        return bool(f[0]) and not f[1]
 
     @property
     def vcpu_info(self):
