@@ -8,7 +8,8 @@ Enable with ``pytest_plugins = ["xenpy.testing"]`` in a conftest.py (or ``-p xen
         assert "my kernel: ok" in guest.console
         assert guest.shutdown_reason == Shutdown.poweroff
 
-``xen_host`` is a fresh :class:`~xenpy.hv.host.Host` per test, closed afterwards.
+``xen_host`` is a fresh :class:`~xenpy.hv.host.Host` per test, closed afterwards
+(``@pytest.mark.xen_host(memory_mib=N)`` sizes its machine memory).
 ``domain_factory`` boots a kernel (a path, or the name of a guest bundled in
 guests/build) on that host and returns a :class:`GuestRun`.  When a test fails, the
 console of every domain it booted — with its shutdown reason or crash message and the
@@ -98,11 +99,19 @@ class DomainFactory:
         return run
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "xen_host(memory_mib=N): machine memory of the test's xen_host "
+                   f"(default {DEFAULT_HOST_MIB} MiB)")
+
+
 @pytest.fixture
-def xen_host() -> Iterator["Host"]:
-    """A Host with DEFAULT_HOST_MIB of machine memory, closed after the test."""
+def xen_host(request: pytest.FixtureRequest) -> Iterator["Host"]:
+    """A Host, closed after the test; size it with ``@pytest.mark.xen_host(memory_mib=N)``."""
     from .hv.host import Host
-    host = Host(memory_mib=DEFAULT_HOST_MIB)
+    marker = request.node.get_closest_marker("xen_host")
+    mib = marker.kwargs.get("memory_mib", DEFAULT_HOST_MIB) if marker else DEFAULT_HOST_MIB
+    host = Host(memory_mib=mib)
     try:
         yield host
     finally:

@@ -46,7 +46,8 @@ PY_ONLY_FIELDS = {
 
 #: C expressions for Python constants whose header counterpart has another shape.
 ALIASES: dict[str, str] = {
-    "XENVER_GUEST_HANDLE_LEN": "sizeof(xen_domain_handle_t)",   # XENVER_guest_handle's arg
+    "XEN_GUEST_HANDLE_LEN": "sizeof(xen_domain_handle_t)",      # XENVER_guest_handle's arg
+    "XEN_COMMANDLINE_INFO_LEN": "sizeof(xen_commandline_t)",    # XENVER_commandline's arg
     "XENMEMF_address_bits_mask": "XENMEMF_get_address_bits(~0u)",
 }
 

@@ -213,17 +213,86 @@ continue
     assert rc == 0
 
 
-def test_catch_trap_stops_when_the_guest_takes_it(gdb, runs, tmp_path) -> None:
-    script = """monitor trap
+#: where the bounce frame keeps the interrupted IP (Xen's frame: 32-bit EIP first;
+#: 64-bit RCX, R11, then RIP)
+FRAME_IP = {32: "*(unsigned int *)$esp", 64: "*(unsigned long *)($rsp + 16)"}
+
+
+@WIDTHS
+def test_catch_trap_stops_at_the_guest_handler(gdb, runs, tmp_path, width) -> None:
+    script = f"""monitor trap
 monitor catch trap 3
 continue
 monitor trap
+info symbol $pc
+p/x {FRAME_IP[width]}
+p/x &traps_int3_after
 monitor catch delete
-kill
+continue
 """
-    out, rc, stdout, _ = session(gdb, runs, tmp_path, "traps", 32, script)
+    out, rc, stdout, _ = session(gdb, runs, tmp_path, "traps", width, script)
     assert "no trap caught yet" in out
     assert "Program received signal SIGTRAP" in out
     assert re.search(r"vcpu 0: trap 3 \(int3\), stopped at 0x[0-9a-f]+", out), out
-    assert "int3 (ip after the int3)" not in stdout    # stopped before the guest's handler ran
-    assert rc == 1                                       # killed
+    assert re.search(r"xg_trap_stubs \+ \d+ in section \.text", out), out   # the guest's stub
+    frame_ip, after_int3 = values(out)[:2]
+    assert frame_ip == after_int3           # the frame Xen pushed: EIP after the int3
+    assert "traps: int3 (ip after the int3): ok" in stdout
+
+
+#: offset of the hypercall number (mov $nr,%eax's imm32) inside a hypercall stub
+STUB_IMM = {32: 1, 64: 4}
+HC_EVENT_CHANNEL_OP = 32
+
+
+@WIDTHS
+def test_patching_code_that_already_ran_takes_effect(gdb, runs, tmp_path, width) -> None:
+    # By hello.c:20 the event_channel_op stub has run (the first printf kicked the console),
+    # so Unicorn holds a translation of it: gdb's write must drop that translation.
+    stub = f"(char *)&hypercall_page + {HC_EVENT_CHANNEL_OP * 32}"
+    script = f"""break hello.c:20
+continue
+p/x *(int *)({stub} + {STUB_IMM[width]})
+set {{int}}({stub} + {STUB_IMM[width]}) = {HC_XEN_VERSION}
+monitor catch hypercall xen_version
+continue
+monitor hypercall
+p/x $pc
+p/x {stub}
+kill
+"""
+    out, rc, _, _ = session(gdb, runs, tmp_path, "hello", width, script)
+    old, pc, stub_addr = values(out)[:3]
+    assert old == HC_EVENT_CHANNEL_OP
+    assert "xen_version(XENVER_changeset, " in out      # EVTCHNOP_send (4) read as a XENVER_ op
+    assert stub_addr < pc < stub_addr + 32             # caught inside the patched stub
+    assert rc == 1
+
+
+def test_ctrl_c_interrupts_a_guest_waiting_for_input(gdb, runs, tmp_path) -> None:
+    """The guest sits in SCHEDOP_poll most of the time: Ctrl-C must still stop it."""
+    kernel = elf("echo", 32)
+    run = XenpyRun(kernel)
+    runs.append(run)
+    proc = start_gdb(gdb, kernel, run.port, "continue\ninfo symbol $pc\nkill\n", tmp_path)
+    run.stdout.wait_for(r"echo: ready")
+    interrupt(proc)
+    out = finish_gdb(proc)
+    assert "Program received signal SIGINT, Interrupt." in out
+    assert re.search(r"(hypercall_page|xg_\w+) \+ \d+ in section \.text", out), out
+    rc, _, _ = run.finish()
+    assert rc == 1
+
+
+@WIDTHS
+def test_detach_lets_the_guest_run_on_without_breakpoints(gdb, runs, tmp_path, width) -> None:
+    script = """break main
+break xg_shutdown
+monitor catch hypercall sched_op
+continue
+detach
+"""
+    out, rc, stdout, _ = session(gdb, runs, tmp_path, "hello", width, script)
+    assert "Breakpoint 1, main" in out
+    assert "[Inferior 1 (Remote target) detached]" in out
+    assert "hello: PASS" in stdout and rc == 0        # no breakpoint or catchpoint left behind

@@ -1,7 +1,8 @@
 """`xenpy run --trace`: golden output for the test guests, JSON lines, the name filter.
 
-The time column and the machine frame numbers inside PTEs (the host allocator's
-choice) are normalised; everything else must match the golden file exactly.  After a
+The time column and addresses in the arguments (machine frames are the host
+allocator's choice, guest addresses the guest build's) are normalised; names, decoded
+structs, small values and results must match the golden file exactly.  After a
 deliberate change, regenerate with XENPY_UPDATE_GOLDEN=1 and review the diff.
 """
 from __future__ import annotations
@@ -32,8 +33,9 @@ def normalise(stderr: str) -> str:
         if not re.match(r"^\s*\d+\.\d{6} d\d+v\d+ ", line):
             continue        # not a trace line (the crash report, warnings)
         line = re.sub(r"^\s*\d+\.\d{6} ", "TIME ", line)
-        line = re.sub(r"0x[0-9a-f]+\|P\b", "MADDR|P", line)
-        out.append(line)
+        call, sep, result = line.rpartition(") = ")
+        call = re.sub(r"0x[0-9a-f]{5,}", "ADDR", call)
+        out.append(call + sep + result)
     return "\n".join(out) + "\n"
 
 

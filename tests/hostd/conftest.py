@@ -48,23 +48,30 @@ def wait_for(pred: Callable[[], T], what: str, timeout: float = TIMEOUT) -> T:
 class HostProc:
     """A running `xenpy host` and helpers to drive it."""
 
-    def __init__(self, tmp: Path, extra: list[str] | None = None) -> None:
+    def __init__(self, tmp: Path, extra: list[str] | None = None,
+                 default_paths: bool = False) -> None:
+        """Sockets in ``tmp``: named on the command line, or (``default_paths``) found
+        by the host and the commands through $XDG_RUNTIME_DIR alone."""
         self.dir = tmp
-        self.control = str(tmp / "control.sock")
-        self.xenstored = str(tmp / "xs.sock")
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith("XENSTORED_") and k != "XENPY_CONTROL"}
-        self.env["XENPY_CONTROL"] = self.control
-        self.env["XENSTORED_PATH"] = self.xenstored
         self.env["PYTHONPATH"] = str(ROOT)
+        argv = [sys.executable, "-m", "xenpy.cli", "-v", "host", "--memory", "160", *(extra or [])]
+        if default_paths:
+            self.env["XDG_RUNTIME_DIR"] = str(tmp)
+            self.control = str(tmp / "xenpy" / "control.sock")
+            self.xenstored = str(tmp / "xenpy" / "xenstored.sock")
+        else:
+            self.control = str(tmp / "control.sock")
+            self.xenstored = str(tmp / "xs.sock")
+            self.env["XENPY_CONTROL"] = self.control
+            argv += ["--control", self.control, "--xenstored-socket", self.xenstored]
         self.stderr_path = tmp / "host.stderr"
         self._stderr = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "xenpy.cli", "-v", "host", "--control", self.control,
-             "--xenstored-socket", self.xenstored, "--memory", "160", *(extra or [])],
-            stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL,
-            env=self.env, cwd=str(tmp))
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._stderr,
+                                     stdin=subprocess.DEVNULL, env=self.env, cwd=str(tmp))
         self.banner = self._read_banner()
+        self.env["XENSTORED_PATH"] = self.banner.get("XENSTORED_PATH", self.xenstored)
 
     def _read_banner(self) -> dict[str, str]:
         """The lines the host prints before serving: KEY=PATH lines, then 'running'."""
@@ -85,7 +92,6 @@ class HostProc:
         return dict(line.split("=", 1) for line in buf.decode().splitlines() if "=" in line)
 
     def log(self) -> str:
-        self._stderr.flush()
         return self.stderr_path.read_text(errors="replace")
 
     def xenpy(self, *argv: str, check: bool = True, input: str | None = None,
@@ -157,7 +163,8 @@ class HostProc:
                 pytest.fail(f"xenpy host ignored signal {sig}\n{self.log()}")
         if self.proc.stdout is not None:
             self.proc.stdout.close()
-        self._stderr.close()
+        if not self._stderr.closed:
+            self._stderr.close()
         return self.proc.returncode
 
 

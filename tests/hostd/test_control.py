@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 from xenpy.errors import LocalProtocolError, RemoteProtocolError
 from xenpy.toolstack.cli_host import format_list_row, format_state
 from xenpy.toolstack.control import (NEED_DATA, ControlConnection, ErrorReply, Event, Reply,
-                                     Request, decode_bytes, encode_bytes)
+                                     decode_bytes, encode_bytes)
 
 
 def frame(obj: object) -> bytes:

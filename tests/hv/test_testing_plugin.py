@@ -44,3 +44,10 @@ def test_unknown_kernel_name_is_a_clear_error(domain_factory):
     from xenpy.errors import XenpyError
     with pytest.raises(XenpyError, match="no-such-guest"):
         domain_factory("no-such-guest")
+
+
+@pytest.mark.xen_host(memory_mib=48)
+def test_host_size_marker(xen_host, domain_factory):
+    assert xen_host.mem.nr_frames == 48 * 256
+    g = domain_factory("hello", memory_mib=16)
+    assert g.run(timeout=20) and g.lines[-1] == "hello: PASS"

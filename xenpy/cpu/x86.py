@@ -108,8 +108,10 @@ class X86Cpu:
 
     # --- registers ---------------------------------------------------------------------------
     def reg(self, name: str) -> int:
-        uclib.uc_reg_read(self._h, self.regs[name], ctypes.byref(self._one))
-        return self._one.value
+        one = self._one
+        one.value = 0           # segment registers fill only their low 16 bits
+        uclib.uc_reg_read(self._h, self.regs[name], ctypes.byref(one))
+        return one.value
 
     def set_reg(self, name: str, value: int) -> None:
         self._one.value = value & 0xFFFFFFFFFFFFFFFF

@@ -9,7 +9,9 @@ nested in a multicall are never deferred: multicall cannot resume half-way.
 
 A trap catchpoint is a UC_HOOK_INTR hook added after the hypervisor's own, so it sees
 the vector once the hypervisor has handled it (bounced it to the guest's handler, or
-emulated it): the vCPU stops at the guest's handler entry.  Neither kind exists while
+emulated it).  The vCPU stops on the first instruction of the guest's handler for that
+vector (a one-shot code hook there, since the bounce may still pass through Xen's iret
+trampoline), or at once when the guest has no handler registered.  Neither kind exists while
 no catchpoint is set, so an unwatched domain pays nothing.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ import threading
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from unicorn import UC_HOOK_INTR
+from unicorn import UC_HOOK_CODE, UC_HOOK_INTR
 
 from ..abi.xen import HYPERCALLS, PAGE_SIZE, Width
 from ..errors import ConfigError
@@ -71,6 +73,7 @@ class Catchpoints:
         self.last: dict[int, CaughtCall] = {}           # per vCPU: the last caught call
         self.last_trap: CaughtTrap | None = None
         self._trap_hooks: dict[int, int] = {}           # vCPU -> hook handle
+        self._handler_hooks: dict[int, int] = {}        # vCPU -> one-shot hook on a handler
         self._observing = False
 
     # ---- configuration (gdb thread, domain stopped) ------------------------------------------
@@ -99,6 +102,10 @@ class Catchpoints:
             if vid < len(self.domain.vcpus):
                 self.domain.vcpus[vid].cpu.del_hook(handle)
         self._trap_hooks.clear()
+        for vid, handle in self._handler_hooks.items():
+            if vid < len(self.domain.vcpus):
+                self.domain.vcpus[vid].cpu.del_hook(handle)
+        self._handler_hooks.clear()
         self._pending.clear()
         self._passing.clear()
 
@@ -159,11 +166,36 @@ class Catchpoints:
     # ---- trap hook (host thread, inside emu_start) -------------------------------------------
     def _make_trap_hook(self, v: "Vcpu"):
         def on_interrupt(uc: object, vector: int, _user: object) -> None:
-            if vector in self.traps and self.domain.runnable:
-                self.last_trap = CaughtTrap(v.vcpu_id, vector, self.target.pc(v.vcpu_id))
-                self.target.caught(v, StopEvent(vcpu=v.vcpu_id, signal=SIGTRAP))
-                v.cpu.stop()
+            if vector not in self.traps or not self.domain.runnable:
+                return
+            handler = v.trap_table[vector].address if 0 <= vector < len(v.trap_table) else 0
+            if handler and self.target.pc(v.vcpu_id) != handler:
+                self._stop_at_handler(v, vector, handler)
+                return
+            self._trap_caught(v, vector)
+            v.cpu.stop()
         return on_interrupt
+
+    def _stop_at_handler(self, v: "Vcpu", vector: int, handler: int) -> None:
+        """The bounce may still go through Xen's iret trampoline: stop on the handler's
+        first instruction with a one-shot code hook (a breakpoint gdb did not set)."""
+        vid = v.vcpu_id
+        old = self._handler_hooks.pop(vid, None)
+        if old is not None:
+            v.cpu.del_hook(old)
+
+        def on_handler(uc: object, address: int, size: int, _user: object) -> None:
+            handle = self._handler_hooks.pop(vid, None)
+            if handle is not None:
+                v.cpu.del_hook(handle)
+            self._trap_caught(v, vector)
+            v.cpu.stop()
+        self._handler_hooks[vid] = v.cpu.add_hook(UC_HOOK_CODE, on_handler, handler, handler)
+        v.cpu.invalidate_code(handler, handler + 1)   # the hook lives in translated code
+
+    def _trap_caught(self, v: "Vcpu", vector: int) -> None:
+        self.last_trap = CaughtTrap(v.vcpu_id, vector, self.target.pc(v.vcpu_id))
+        self.target.caught(v, StopEvent(vcpu=v.vcpu_id, signal=SIGTRAP))
 
     # ---- reports ------------------------------------------------------------------------------
     def describe(self, vcpu: int | None) -> str:

@@ -175,10 +175,17 @@ class DomainTarget:
         if reg is None:
             return          # x87 stack registers and the like: read-only here
         v = self.vcpu(vcpu)
+        uc = v.cpu.uc
+        if uc.reg_read(reg) == value:
+            return          # gdb's G packet rewrites every register: leave equal ones alone
+        if name in ("cs", "ss"):
+            # Unicorn cannot change the privilege level from outside (unicorn-notes §0).
+            log.warning("gdb: refusing to change %s of d%d vCPU %d", name, self.domain.domid, vcpu)
+            return
         if name == "cr3":
             v.set_cr3(value)   # keep the hypervisor's view of the address space in step
             return
-        v.cpu.uc.reg_write(reg, value)
+        uc.reg_write(reg, value)
 
     def pc(self, vcpu: int) -> int:
         return self.vcpu(vcpu).cpu.reg(self._pc)

@@ -590,6 +590,7 @@ def gnttab_transfer(v: "Vcpu", mfn: int, domid: int, ref: int) -> int:
     a = egt._entry(ref)
     gpfn = egt.frame(ref)
     mem.owner[mfn] = e.domid
+    e.unplaced.add(mfn)                         # the allocation reference is now e's
     mm.set_gpfn_from_mfn(e, mfn, gpfn)
     if egt.version == 1:
         struct.pack_into("<I", mem.buf, a + 4, mfn & 0xFFFFFFFF)

@@ -116,7 +116,7 @@ def _emulate(v: "Vcpu", cr2: int, table: int, ip: int) -> None:
     if insn.prefix[0] in (X.X86_PREFIX_REP, X.X86_PREFIX_REPNE):
         raise Unhandleable(f"{insn.mnemonic} with a rep prefix")
     ops = insn.operands
-    m = insn.mnemonic
+    m = insn.mnemonic.removeprefix("lock ")
     ip_next = ip + insn.size
     if m == "mov" and len(ops) == 2 and ops[0].type == X.X86_OP_MEM:
         size = ops[0].size

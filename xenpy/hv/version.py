@@ -37,15 +37,15 @@ def do_xen_version(v: "Vcpu", cmd: int, arg: int) -> int:
     if cmd == V.XENVER_version:
         return (XEN_MAJOR << 16) | XEN_MINOR
     if cmd == V.XENVER_extraversion:
-        g.write(arg, _fixed(EXTRAVERSION, V.XENVER_EXTRAVERSION_LEN))
+        g.write(arg, _fixed(EXTRAVERSION, V.XEN_EXTRAVERSION_LEN))
     elif cmd == V.XENVER_compile_info:
         # struct xen_compile_info: compiler[64], compile_by[16], compile_domain[32], compile_date[32]
         g.write(arg, _fixed(b"python", 64) + _fixed(b"xenpy", 16) + _fixed(b"xenpy", 32)
                 + _fixed(b"", 32))
     elif cmd == V.XENVER_capabilities:
-        g.write(arg, _fixed(CAPABILITIES, V.XENVER_CAPABILITIES_LEN))
+        g.write(arg, _fixed(CAPABILITIES, V.XEN_CAPABILITIES_INFO_LEN))
     elif cmd == V.XENVER_changeset:
-        g.write(arg, _fixed(CHANGESET, V.XENVER_CHANGESET_LEN))
+        g.write(arg, _fixed(CHANGESET, V.XEN_CHANGESET_INFO_LEN))
     elif cmd == V.XENVER_platform_parameters:
         start = (HYPERVISOR_VIRT_START_PAE if v.domain.width == Width.X86_32
                  else HYPERVISOR_VIRT_START_X86_64)
@@ -59,7 +59,7 @@ def do_xen_version(v: "Vcpu", cmd: int, arg: int) -> int:
     elif cmd == V.XENVER_pagesize:
         return PAGE_SIZE
     elif cmd == V.XENVER_guest_handle:
-        g.write(arg, bytes(V.XENVER_GUEST_HANDLE_LEN))
+        g.write(arg, bytes(V.XEN_GUEST_HANDLE_LEN))
     elif cmd == V.XENVER_commandline:
         return -Errno.EPERM            # the hypervisor command line is for dom0 only
     elif cmd == V.XENVER_build_id:

@@ -52,6 +52,8 @@ MAX_CLIENT_BACKLOG = 16 << 20
 SUPPORTED_ACTIONS = frozenset({"destroy", "preserve", "restart", "rename-restart",
                                "coredump-destroy", "coredump-restart"})
 _RECV_SIZE = 65536
+#: Console bytes replayed to a client that attaches (xenconsoled's default buffer limit).
+CONSOLE_REPLAY = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,9 @@ class ControlServer:
             self._drop(client)
 
     def _write(self, client: _Client) -> None:
+        if client.closed:                     # overflowed (queue_message): drop, unsent output too
+            self._drop(client)
+            return
         with self._lock:
             pending = bytes(client.out)
         sent = 0
@@ -226,9 +231,6 @@ class ControlServer:
                 return
             with self._lock:
                 del client.out[:sent]
-        if client.closed and (not client.out or not pending):
-            self._drop(client)
-            return
         if client.sock in self._clients:
             events = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.out else 0)
             self._sel.modify(client.sock, events, client)
@@ -288,11 +290,11 @@ class HostDaemon:
         """Claim both socket paths (refusing a live host's), then start serving."""
         for what, path in (("control", self.control_path), ("xenstored", self.xenstored_path)):
             _claim_socket_path(what, path)
-        self.host.serve_xenstore(self.xenstored_path)
-        xs = self.host.xenstored          # what xencommons writes for dom0
-        xs.write(f"{domain_path(0)}/name", "Domain-0")
-        xs.write(f"{domain_path(0)}/domid", "0")
         try:
+            self.host.serve_xenstore(self.xenstored_path)
+            xs = self.host.xenstored          # what xencommons writes for dom0
+            xs.write(f"{domain_path(0)}/name", "Domain-0")
+            xs.write(f"{domain_path(0)}/domid", "0")
             self.server.start()
         except XenpyError:
             self.host.close()
@@ -335,17 +337,15 @@ class HostDaemon:
         """Host.run's until(): requests, shutdown actions and forced destroys."""
         if self._stopping:
             return True
-        while True:
-            try:
-                client, req = self._inbox.get_nowait()
-            except queue.Empty:
-                break
+        while not self._inbox.empty():
+            client, req = self._inbox.get_nowait()
             if req is None:
                 self._forget_client(client)
             else:
                 self._execute(client, req)
         while self._shutdowns:
-            self._domain_shut_down(self._shutdowns.popleft())
+            domid = self._shutdowns.popleft()
+            self._guarded(f"the shutdown action of d{domid}", self._domain_shut_down, domid)
         if self._force:
             now = time.monotonic()
             for domid, deadline in list(self._force.items()):
@@ -355,8 +355,16 @@ class HostDaemon:
                 elif now >= deadline:
                     del self._force[domid]
                     log.info("d%d ignored the shutdown request: destroying it", domid)
-                    self._destroy(d)
+                    self._guarded(f"destroying d{domid}", self._destroy, d)
         return False
+
+    @staticmethod
+    def _guarded(what: str, fn: Callable[..., None], *args: Any) -> None:
+        """Run a host-side action; a bug in it is logged, and the host stays up."""
+        try:
+            fn(*args)
+        except Exception:                    # noqa: BLE001 - the host must outlive one bad domain
+            log.exception("%s failed", what)
 
     def _execute(self, client: _Client, req: Request) -> None:
         op = self._ops.get(req.op)
@@ -376,7 +384,10 @@ class HostDaemon:
             self.server.queue_message(client, ErrorReply(req.id, f"internal error in {req.op}: {e!r}"))
             return
         if result is not None:                # None: the reply is deferred (shutdown --wait)
-            self.server.queue_message(client, Reply(req.id, result))
+            try:
+                self.server.queue_message(client, Reply(req.id, result))
+            except ProtocolError as e:
+                self.server.queue_message(client, ErrorReply(req.id, f"{req.op}: {e}"))
 
     def _forget_client(self, client: _Client) -> None:
         for subs in self._consoles.values():
@@ -544,8 +555,8 @@ class HostDaemon:
         live = not d.finished
         if live:
             self._consoles.setdefault(d.domid, set()).add(client)
-        return {"domid": d.domid, "name": d.name, "log": encode_bytes(bytes(d.console_log)),
-                "live": live}
+        return {"domid": d.domid, "name": d.name,
+                "log": encode_bytes(bytes(d.console_log[-CONSOLE_REPLAY:])), "live": live}
 
     def _op_console_input(self, client: _Client, req: Request) -> Mapping[str, Any]:
         domid = _arg(req.args, "domid", int)
