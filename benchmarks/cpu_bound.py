@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deterministic", action="store_true",
                     help="run xenpy with Host(deterministic=True)")
     args = ap.parse_args(argv)
+    if args.repeat < 1:
+        ap.error(f"--repeat: expected >= 1, got {args.repeat}")
     if args.no_preempt:
         disable_preemption()
     host_options = {"deterministic": True} if args.deterministic else {}

@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=7, help="runs of each (median reported)")
     args = ap.parse_args(argv)
+    if args.repeat < 1:
+        ap.error(f"--repeat: expected >= 1, got {args.repeat}")
 
     cmd = xenpy_command() + ["run", "hello"]
     first_t, exit_t, py_t, imp_t = [], [], [], []

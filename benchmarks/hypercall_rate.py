@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="also time a minimal Python hypercall path on bare Unicorn")
     ap.add_argument("--profile", action="store_true", help="also print a cProfile of xenpy")
     args = ap.parse_args(argv)
+    if args.repeat < 1:
+        ap.error(f"--repeat: expected >= 1, got {args.repeat}")
     n = args.n
     if not 0 < n < 1 << 32:
         ap.error(f"-n: expected 1..2^32-1, got {n}")

@@ -183,7 +183,9 @@ def test_ctrl_c_interrupts_a_spinning_guest(gdb, runs, tmp_path) -> None:
     interrupt(proc)
     out = finish_gdb(proc)
     assert "Program received signal SIGINT, Interrupt." in out
-    assert re.search(r"main \+ \d+ in section \.text", out), out
+    # Usually in main's loop; when the signal races the console kick that printed
+    # "spin: n=", on the way back from that hypercall.
+    assert re.search(r"(main|hypercall_page|xg_\w+)( \+ \d+)? in section \.text", out), out
     rc, stdout, _ = run.finish()
     assert "spin: done" not in stdout and rc == 1
 
@@ -279,7 +281,7 @@ def test_ctrl_c_interrupts_a_guest_waiting_for_input(gdb, runs, tmp_path) -> Non
     interrupt(proc)
     out = finish_gdb(proc)
     assert "Program received signal SIGINT, Interrupt." in out
-    assert re.search(r"(hypercall_page|xg_\w+) \+ \d+ in section \.text", out), out
+    assert re.search(r"(hypercall_page|xg_\w+)( \+ \d+)? in section \.text", out), out
     rc, _, _ = run.finish()
     assert rc == 1
 

@@ -245,8 +245,9 @@ class X86Cpu:
         self.uc.ctl(uc.UC_CTL_TLB_FLUSH, uc.UC_CTL_IO_WRITE)
 
     def invalidate_code(self, start: int, end: int) -> None:
-        """Forget translated code for [start, end) (physical): writes from outside this
-        CPU's own guest stores never invalidate Unicorn's translations (notes §5)."""
+        """Forget translated code for the *virtual* range [start, end) (translated through
+        this CPU's current page tables): writes from outside this CPU's own guest stores
+        never invalidate Unicorn's translations (notes §5)."""
         self.uc.ctl_remove_cache(start, end)
 
     def close(self) -> None:

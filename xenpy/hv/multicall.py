@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from ..abi.errno import Errno
 from ..abi.xen import HYPERCALL_NR, Width
-from .hypercall import dispatch, hypercall
+from .hypercall import DEFER, _call, dispatch, hypercall
 
 if TYPE_CHECKING:
     from .vcpu import Vcpu
@@ -29,6 +29,8 @@ def do_multicall(v: "Vcpu", calls: int, nr_calls: int) -> int:
             res = -Errno.EINVAL
         else:
             res = dispatch(v, op, tuple(args))
+            if res is DEFER:              # no stopping half-way through a batch
+                res = _call(v, op, tuple(args))
             res = 0 if res is None else res
         v.gmem.write_ulong(a + w, res)
     return 0

@@ -301,23 +301,23 @@ class HostDaemon:
             raise
 
     def serve_forever(self) -> None:
-        """Run the host until ``stop()``; must be called from the thread that started it."""
+        """Run the host until ``stop()``; the calling thread becomes the scheduler thread."""
         self.host.run(domains=[], until=self._service)
 
     def stop(self) -> None:
-        """Ask ``serve_forever`` to return (safe from a signal handler or any thread)."""
+        """Ask ``serve_forever`` to return at its next iteration (at most an idle wait,
+        50 ms, later).  Only a flag is set: safe from a signal handler, which may run
+        while the main thread holds the Host's wakeup lock."""
         self._stopping = True
-        self._wake_host()
 
     def close(self) -> None:
         """Destroy every domain and remove both sockets."""
-        for d in list(self.host.domains.values()):
-            try:
-                self._destroy(d)
-            except Exception:                 # noqa: BLE001 - keep tearing down the others
-                log.exception("destroying d%d at exit failed", d.domid)
-        self.host.close()
-        self.server.stop()
+        try:
+            for d in list(self.host.domains.values()):
+                self._guarded(f"destroying d{d.domid} at exit", self._destroy, d)
+            self.host.close()
+        finally:
+            self.server.stop()
 
     def _wake_host(self) -> None:
         # Host has no public "wake the idle loop" yet; this is what notify_event does.
