@@ -52,11 +52,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.cmdline is not None:
         spec.cmdline = args.cmdline
     out = sys.stdout.buffer
-    host = Host(memory_mib=max(args.host_memory, spec.memory_mib + 64))
+    host = Host(memory_mib=max(args.host_memory, spec.memory_mib + 64),
+                deterministic=args.deterministic)
     debug = None
     try:
         d = boot_domain(host, spec)
         d.console_sink = lambda data: (out.write(data), out.flush())
+        if not args.deterministic:
+            _forward_stdin(host, d)
         if args.gdb is not None or args.trace is not None:
             from .debug.session import DebugSession
             debug = DebugSession.start(host, d, gdb_port=args.gdb, trace=args.trace,
@@ -77,6 +80,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         host.close()
 
 
+def _forward_stdin(host, d) -> None:
+    """Keyboard (or piped) input becomes the guest's console input, as `xl console`."""
+    import threading
+
+    def pump() -> None:
+        fd = sys.stdin.fileno() if sys.stdin is not None else -1
+        if fd < 0:
+            return
+        while not d.finished:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                return
+            if not data:
+                return
+            con = host.consoles.consoles.get(d.domid)
+            if con is None:
+                return
+            con.feed(data)
+            host.wake()
+
+    threading.Thread(target=pump, name="xenpy-stdin", daemon=True).start()
+
+
 def _looks_like_cfg(p: Path) -> bool:
     try:
         return not p.read_bytes()[:4] == b"\x7fELF"
@@ -94,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--cmdline", help="guest command line")
     run.add_argument("--timeout", type=float, default=None, help="give up after S seconds")
     run.add_argument("--host-memory", type=int, default=128, help="host memory in MiB")
+    run.add_argument("--deterministic", action="store_true",
+                     help="virtual time and instruction-budget slices: identical runs")
     run.add_argument("--gdb", type=int, metavar="PORT",
                      help="wait for gdb on 127.0.0.1:PORT (0: a free port) before the first instruction")
     run.add_argument("--trace", metavar="NAMES",

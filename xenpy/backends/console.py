@@ -9,6 +9,7 @@ as xenconsoled does, and nothing is read from it again.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -37,6 +38,7 @@ class DomainConsole:
     broken: bool = False
     pending_input: bytearray = field(default_factory=bytearray)
     metrics: ConsoleMetrics = field(default_factory=ConsoleMetrics)
+    lock: threading.Lock = field(default_factory=threading.Lock)   # input arrives from threads
 
     def kick(self) -> None:
         """The guest signalled: drain out[], then refill in[] from pending input."""
@@ -59,7 +61,8 @@ class DomainConsole:
             r.out_cons = prod
             self.metrics.out_bytes += n
             self.sink(data)
-        self._fill_input()
+        with self.lock:
+            self._fill_input()
         self.domain.evtchn.set_pending(self.domain.console_port)
 
     def _out_view(self) -> memoryview:
@@ -74,8 +77,10 @@ class DomainConsole:
 
     def feed(self, data: bytes) -> None:
         """Queue keyboard input for the guest."""
-        self.pending_input += data
-        if self._fill_input():
+        with self.lock:
+            self.pending_input += data
+            filled = self._fill_input()
+        if filled:
             self.domain.evtchn.set_pending(self.domain.console_port)
 
     def _fill_input(self) -> bool:

@@ -129,6 +129,7 @@ class Domain:
         log.info("d%d shut down: %s", self.domid, reason.name)
         for v in self.vcpus:
             v.cpu.stop()
+        self.host.domain_shutdown(self)
         for cb in list(self.on_shutdown):
             cb(self)
 

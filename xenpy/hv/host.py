@@ -26,6 +26,7 @@ from .schedule import QUANTUM, Scheduler
 from .vcpu import Vcpu
 
 log = logging.getLogger("xenpy.host")
+CONSOLE_LOG_MAX = 1 << 20          # bytes of console output kept per domain (xl: console/limit)
 
 CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 2, 0x10, 0x20, 1 << 16, 1 << 31
 CR4_TSD, CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 2, 1 << 5, 1 << 9, 1 << 10
@@ -149,11 +150,24 @@ class Host:
 
     def _console_out(self, d: Domain, data: bytes) -> None:
         d.console_log += data
+        if len(d.console_log) > 2 * CONSOLE_LOG_MAX:       # keep the last CONSOLE_LOG_MAX
+            del d.console_log[:-CONSOLE_LOG_MAX]
         if d.console_sink is not None:
             d.console_sink(data)
         self._wakeup.set()
 
     # --- scheduling --------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Wake an idle scheduler loop (a control request, console input...)."""
+        self._wakeup.set()
+
+    def domain_shutdown(self, d: Domain) -> None:
+        """A domain shut down: tell XenStore watchers (@releaseDomain), as Xen's
+        xenstored does on VIRQ_DOM_EXC."""
+        if self.xenstored.is_domain_introduced(d.domid):
+            self.xenstored.domain_shutdown(d.domid)
+        self._wakeup.set()
+
     def notify_event(self, d: Domain) -> None:
         """Something happened for ``d`` (an event, a timer): wake the loop; if one of its
         vCPUs is running outside a hypercall, stop it so the upcall is delivered now."""

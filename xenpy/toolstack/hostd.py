@@ -320,8 +320,7 @@ class HostDaemon:
             self.server.stop()
 
     def _wake_host(self) -> None:
-        # Host has no public "wake the idle loop" yet; this is what notify_event does.
-        self.host._wakeup.set()
+        self.host.wake()
 
     # --- control thread entry points -----------------------------------------------------------
     def _submit(self, client: _Client, req: Request) -> None:
@@ -429,7 +428,6 @@ class HostDaemon:
         action = plan.action(d.shutdown_reason)
         reason = d.shutdown_reason.name if d.shutdown_reason is not None else "?"
         log.info("d%d %s shut down (%s): %s", domid, d.name, reason, action)
-        self.host.xenstored.domain_shutdown(domid)
         self._domain_gone(domid, reason)
         if action == "preserve":
             return
