@@ -70,6 +70,13 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         p.add_argument("dom", metavar="DOM")
         p.set_defaults(func=cmd_simple, op=name)
 
+    p = sub.add_parser("trace", parents=[common],
+                       help="print a running domain's hypercalls, one line each (as strace)")
+    p.add_argument("dom", metavar="DOM")
+    p.add_argument("--names", metavar="NAMES", help="only these hypercalls (comma-separated)")
+    p.add_argument("--json", action="store_true", help="JSON lines")
+    p.set_defaults(func=cmd_trace)
+
     p = sub.add_parser("shutdown", parents=[common],
                        help="ask a domain to power off (control/shutdown), as xl shutdown")
     p.add_argument("dom", metavar="DOM")
@@ -229,6 +236,33 @@ def cmd_console(args: argparse.Namespace) -> int:
         if not res.get("live"):
             return 0
         return _console_loop(c, int(res["domid"]))
+    finally:
+        c.close()
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    """Stream the trace until the domain goes away (0) or Ctrl-C (130)."""
+    c = _client(args)
+    try:
+        c.call("trace", dom=args.dom, names=args.names, json=args.json)
+        c.sock.settimeout(None)
+        while True:
+            while c.events:
+                ev = c.events.popleft()
+                if ev.kind == "trace":
+                    print(ev.data.get("line", ""), flush=True)
+                elif ev.kind == "gone":
+                    return 0
+            data = c.sock.recv(65536)
+            c.proto.receive_data(data)
+            while True:
+                msg = c.proto.next_event()
+                if msg is None:
+                    raise HostNotRunning(f"the xenpy host at {c.path} went away")
+                if msg is NEED_DATA:
+                    break
+                if isinstance(msg, Event):
+                    c.events.append(msg)
     finally:
         c.close()
 

@@ -270,6 +270,7 @@ class HostDaemon:
         self._stopping = False
         self._plans: dict[int, DomainPlan] = {}
         self._consoles: dict[int, set[_Client]] = {}
+        self._traces: dict[_Client, tuple[int, Any]] = {}    # client -> (domid, HypercallTrace)
         self._waiters: dict[int, list[tuple[_Client, int]]] = {}
         self._shutdowns: deque[int] = deque()
         self._force: dict[int, float] = {}            # domid -> monotonic destroy deadline
@@ -283,6 +284,7 @@ class HostDaemon:
             "shutdown": self._op_shutdown,
             "console": self._op_console,
             "console_input": self._op_console_input,
+            "trace": self._op_trace,
         }
 
     # --- lifecycle (scheduler thread) --------------------------------------------------------
@@ -391,6 +393,7 @@ class HostDaemon:
     def _forget_client(self, client: _Client) -> None:
         for subs in self._consoles.values():
             subs.discard(client)
+        self._stop_trace(client)
         for waiters in self._waiters.values():
             waiters[:] = [w for w in waiters if w[0] is not client]
 
@@ -455,9 +458,14 @@ class HostDaemon:
         log.info("d%d destroyed", domid)
 
     def _domain_gone(self, domid: int, reason: str) -> None:
-        """The domain will not run again: end its consoles and answer its waiters."""
+        """The domain will not run again: end its consoles and traces, answer its waiters."""
         for client in self._consoles.pop(domid, set()):
             self.server.queue_message(client, Event("gone", {"domid": domid, "reason": reason}))
+        for client, (tdomid, _) in list(self._traces.items()):
+            if tdomid == domid:
+                self._stop_trace(client)
+                self.server.queue_message(client, Event("gone", {"domid": domid,
+                                                                 "reason": reason}))
         for client, rid in self._waiters.pop(domid, []):
             self.server.queue_message(client, Reply(rid, {"domid": domid, "reason": reason}))
 
@@ -565,6 +573,38 @@ class HostDaemon:
             raise ControlError(f"domain {domid}: no running domain with a console")
         con.feed(data)
         return {"queued": len(data)}
+
+
+    def _op_trace(self, client: _Client, req: Request) -> Mapping[str, Any]:
+        """`xenpy trace DOM`: one event per hypercall of the domain, until it goes away
+        or the client disconnects."""
+        from ..debug.trace import HypercallTrace, parse_names
+        d = self._live(_arg(req.args, "dom", str), "trace")
+        names = parse_names(req.args.get("names")) if req.args.get("names") else None
+        server = self.server
+        domid = d.domid
+
+        class _Lines:
+            """A text stream whose lines become trace events for the client."""
+
+            def write(self, text: str) -> None:
+                for line in text.splitlines():
+                    server.queue_message(client, Event("trace", {"domid": domid, "line": line}))
+
+            def flush(self) -> None:
+                pass
+
+        self._stop_trace(client)
+        tracer = HypercallTrace(_Lines(), names=names, domids=[domid],
+                                json_lines=bool(req.args.get("json")))
+        tracer.attach(self.host)
+        self._traces[client] = (domid, tracer)
+        return {"domid": domid, "name": d.name}
+
+    def _stop_trace(self, client: _Client) -> None:
+        entry = self._traces.pop(client, None)
+        if entry is not None:
+            entry[1].detach(self.host)
 
 
 def domain_row(d: "Domain") -> dict[str, Any]:
