@@ -271,18 +271,35 @@ def _io_allowed(v: "Vcpu") -> bool:
 def port_in(v: "Vcpu", port: int, size: int) -> int:
     """IN: no devices are emulated, so a permitted read floats high (~0), as under Xen."""
     if not _io_allowed(v):
-        _gp_after_io(v)
+        _deny_io(v)
     return (1 << (8 * size)) - 1
 
 
 def port_out(v: "Vcpu", port: int, size: int, value: int) -> None:
     if not _io_allowed(v):
-        _gp_after_io(v)
+        _deny_io(v)
 
 
-def _gp_after_io(v: "Vcpu") -> None:
-    # Unicorn never faults I/O (notes §0); the instruction has been decoded already, so the
-    # #GP is raised at the instruction after it was found: good enough for a guest to see.
-    from .traps import inject
-    v.domain.log_once("io", "port I/O without I/O privilege")
-    inject(v, TRAP_gp_fault, 0, v.cpu.reg("eip"))
+def _deny_io(v: "Vcpu") -> None:
+    """Port I/O without I/O privilege is #GP(0) at the instruction.
+
+    Unicorn never faults I/O (notes §0) and ignores an EIP written from an I/O hook, so
+    we snapshot the registers here (EIP is the I/O instruction), stop the CPU, and the
+    run loop restores the snapshot and injects the #GP (finish_denied_io).  Limitation:
+    instructions after the I/O in the same translated block have run by then; their
+    register effects are undone by the snapshot, memory stores are not."""
+    if v.denied_io is None:
+        v.denied_io = v.cpu.uc.context_save()
+        v.domain.log_once("io", "port I/O without I/O privilege")
+        v.cpu.stop()
+
+
+def finish_denied_io(v: "Vcpu") -> None:
+    snap, v.denied_io = v.denied_io, None
+    v.cpu.uc.context_restore(snap)
+    ip = v.cpu.reg("eip" if v.domain.width == 4 else "rip")
+    if v.domain.width == 4:
+        from .traps import inject
+    else:
+        from .traps64 import inject
+    inject(v, TRAP_gp_fault, 0, ip)

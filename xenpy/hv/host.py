@@ -15,7 +15,7 @@ import unicorn as uc
 
 from ..abi.xen import FLAT_RING1_CS, FLAT_RING1_DS, PAGE_SIZE, Width
 from ..backends.console import ConsoleBackend
-from . import (callback, console, descriptor_tables, event_channel, grant_table,  # noqa: F401
+from . import (callback, console, descriptor_tables, emul_priv_op, event_channel, grant_table,  # noqa: F401
                iret, memory, mm, multicall, physdev, sched, time as _time_hc, traps,
                traps64, version)
 from .domain import Domain
@@ -282,6 +282,9 @@ class Host:
         else:
             self.scheduler.charge(v, elapsed)
         if v.debug_stop:
+            return
+        if v.denied_io is not None:
+            emul_priv_op.finish_denied_io(v)
             return
         if not (self._preempted or v.yielded or v.blocked or not d.runnable):
             ip = v.cpu.reg("eip" if d.width == Width.X86_32 else "rip")

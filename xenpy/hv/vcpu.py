@@ -86,6 +86,7 @@ class Vcpu:
         self.run_ns = 0
         self._budget = None
         self._vi_flags = None
+        self.denied_io = None              # register snapshot of a port I/O to fault (#GP)
         self._wake = threading.Event()
         if domain.width == Width.X86_32:
             traps.install_hooks(self)
