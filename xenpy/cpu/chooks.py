@@ -217,18 +217,20 @@ def _install_externs() -> None:
     @ffi.def_extern(onerror=lambda et, ev, tb: None)
     def xp_py_hypercall(handle):
         entry = ffi.from_handle(handle)
-        try:
-            entry.on_hypercall(entry.vals)
-        except BaseException as exc:      # noqa: BLE001 - re-raised by X86Cpu.run
-            _fail(entry, exc)
+        with entry.cpu.hook_lock:
+            try:
+                entry.on_hypercall(entry.vals)
+            except BaseException as exc:      # noqa: BLE001 - re-raised by X86Cpu.run
+                _fail(entry, exc)
 
     @ffi.def_extern(onerror=lambda et, ev, tb: None)
     def xp_py_intr(handle, intno):
         entry = ffi.from_handle(handle)
-        try:
-            entry.on_interrupt(intno)
-        except BaseException as exc:      # noqa: BLE001
-            _fail(entry, exc)
+        with entry.cpu.hook_lock:
+            try:
+                entry.on_interrupt(intno)
+            except BaseException as exc:      # noqa: BLE001
+                _fail(entry, exc)
 
 
 class BlockBudget:

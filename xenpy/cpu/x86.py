@@ -9,6 +9,7 @@ kept and re-raised from :meth:`X86Cpu.run` after Unicorn has stopped.
 from __future__ import annotations
 
 import ctypes
+import threading
 from typing import Callable
 
 import unicorn as uc
@@ -99,6 +100,10 @@ class X86Cpu:
         self._callbacks: list = []      # keep ctypes thunks alive
         self._hooks: list[int] = []
         self.hook_error: BaseException | None = None
+        # Hooks and stops from other threads exclude each other: an asynchronous
+        # uc_emu_stop landing while a hook rewrites the PC corrupts the vCPU (unicorn
+        # issues #1355/#1356).  Re-entrant: hooks may stop their own CPU.
+        self.hook_lock = threading.RLock()
         self.hypercall_regs = BatchRegs(self._h, [self.regs[r] for r in HYPERCALL_REGS[width]])
 
     @property
@@ -155,14 +160,17 @@ class X86Cpu:
 
     # --- hooks -------------------------------------------------------------------------------
     def _guard(self, fn: Callable, default=None) -> Callable:
+        lock = self.hook_lock
+
         def guarded(*args):
-            try:
-                return fn(*args)
-            except BaseException as exc:     # noqa: BLE001 - re-raised from run()
-                if self.hook_error is None:
-                    self.hook_error = exc
-                uclib.uc_emu_stop(self._h)
-                return default
+            with lock:
+                try:
+                    return fn(*args)
+                except BaseException as exc:     # noqa: BLE001 - re-raised from run()
+                    if self.hook_error is None:
+                        self.hook_error = exc
+                    uclib.uc_emu_stop(self._h)
+                    return default
         return guarded
 
     def _add(self, htype: int, thunk, begin: int = 1, end: int = 0, *extra: int) -> int:
@@ -237,8 +245,10 @@ class X86Cpu:
             raise uc.UcError(err)
 
     def stop(self) -> None:
-        """Ask the CPU to stop at the next block boundary (thread-safe)."""
-        uclib.uc_emu_stop(self._h)
+        """Ask the CPU to stop at the next block boundary.  Thread-safe: it waits for a
+        running hook of this CPU to finish first."""
+        with self.hook_lock:
+            uclib.uc_emu_stop(self._h)
 
     def flush_tlb(self) -> None:
         """Drop cached translations after the hypervisor edited page tables."""

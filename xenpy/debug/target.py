@@ -117,7 +117,8 @@ class DomainTarget:
                 self._attached = True
                 self.domain.on_shutdown.append(self._on_shutdown)
                 for v in self.domain.vcpus:
-                    dbg = UcDebug(v.cpu.uc, self._translator(v), mode64=self.width == Width.X86_64)
+                    dbg = UcDebug(v.cpu.uc, self._translator(v), mode64=self.width == Width.X86_64,
+                                  stop=v.cpu.stop)
                     vd = _VcpuDebug(v, dbg, v.run_slice)
                     self._vcpus.append(vd)
                     v.run_slice = self._make_runner(vd)    # type: ignore[method-assign]

@@ -274,7 +274,7 @@ def _lookup(v: "Vcpu", domid: int) -> "Domain | None":
     return None if d is None or d.dying else d
 
 
-# --- table management ------------------------------------------------------------------------------
+# --- table management ----------------------------------------------------------------------------
 def grow(gt: GrantTable, nr_frames: int) -> bool:
     """gnttab_grow_table: shared frames (and v2 status frames) up to ``nr_frames``."""
     d = gt.d
@@ -355,7 +355,7 @@ def _unmap_all(d: "Domain", handle: int, m: MapTrack) -> None:
         m.granter.release(m.ref, not m.writable)
 
 
-# --- map / unmap -----------------------------------------------------------------------------------
+# --- map / unmap ---------------------------------------------------------------------------------
 def _grant_pte(d: "Domain", mfn: int, flags: int) -> int:
     pte = (mfn << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_ACCESSED | _PAGE_DIRTY
     if not flags & G.GNTMAP_readonly:
@@ -499,7 +499,7 @@ def unmap_and_replace(v: "Vcpu", host_addr: int, new_addr: int, handle: int) -> 
     return G.GNTST_okay
 
 
-# --- copy / transfer ---------------------------------------------------------------------------------
+# --- copy / transfer -----------------------------------------------------------------------------
 def _copy_buf(v: "Vcpu", is_gref: bool, ref_or_mfn: int, domid: int, off: int, length: int,
               readonly: bool):
     """gnttab_copy_claim_buf: (status, mfn, release) for one side of a copy."""
@@ -601,7 +601,7 @@ def gnttab_transfer(v: "Vcpu", mfn: int, domid: int, ref: int) -> int:
     return G.GNTST_okay
 
 
-# --- set_version / status frames -------------------------------------------------------------------
+# --- set_version / status frames -----------------------------------------------------------------
 def set_version(d: "Domain", version: int) -> int:
     gt = table(d)
     if version not in (1, 2):
@@ -634,7 +634,7 @@ def set_version(d: "Domain", version: int) -> int:
     return 0
 
 
-# --- the hypercall ---------------------------------------------------------------------------------
+# --- the hypercall -------------------------------------------------------------------------------
 def _query_target(v: "Vcpu", dom: int) -> int:
     """GNTST for naming ``dom`` in a table query: self is fine, others need privilege."""
     if dom in (DOMID_SELF, v.domain.domid):
@@ -716,7 +716,8 @@ def do_grant_table_op(v: "Vcpu", cmd: int, uop: int, count: int) -> int:
         for i in range(count):
             a = uop + size * i
             mfn, domid, ref, _st = struct.unpack(fmt, g.read(a, size))
-            g.write(a + (12 if w == 4 else 16), struct.pack("<h", gnttab_transfer(v, mfn, domid, ref)))
+            st = gnttab_transfer(v, mfn, domid, ref)
+            g.write(a + (12 if w == 4 else 16), struct.pack("<h", st))
         return 0
     if cmd == G.GNTTABOP_copy:
         fmt = G.COPY[w]

@@ -51,8 +51,9 @@ class Host:
         self._current: Vcpu | None = None
         self._preempted = False
         self._wakeup = threading.Event()
-        self._slice_lock = threading.Lock()
         self.slices = 0                            # vCPU slices run (statistics)
+        self._wake_requested = False
+        self._deadline: float | None = None
         self._ticker: threading.Thread | None = None
         self._ticking = False
         self.hv_console: list[bytes] = []
@@ -158,7 +159,9 @@ class Host:
 
     # --- scheduling --------------------------------------------------------------------------
     def wake(self) -> None:
-        """Wake an idle scheduler loop (a control request, console input...)."""
+        """Get the scheduler loop's attention (a control request, console input...):
+        wake it if idle, have the running vCPU give the CPU back soon otherwise."""
+        self._wake_requested = True
         self._wakeup.set()
 
     def domain_shutdown(self, d: Domain) -> None:
@@ -172,23 +175,63 @@ class Host:
         """Something happened for ``d`` (an event, a timer): wake the loop; if one of its
         vCPUs is running outside a hypercall, stop it so the upcall is delivered now."""
         self._wakeup.set()
-        with self._slice_lock:
-            cur = self._current
-            if cur is not None and cur.domain is d and not cur.in_hypercall \
-                    and not cur.in_syscall_hook:
-                self._preempted = True
-                cur.cpu.stop()
+        cur = self._current
+        if cur is not None and cur.domain is d:
+            self._preempt(cur, unless_in_hypercall=True)
 
     def _tick(self) -> None:
+        """Real-time slices.  A stop from this thread can corrupt a vCPU whose hook is
+        rewriting the PC (unicorn #1355), so preemption is cooperative first: the flag
+        makes the vCPU stop itself at its next hook (Vcpu.hook_exit); only a vCPU that
+        entered no hook for a whole quantum (pure computation) is stopped from here.
+        Nobody is preempted while nothing else needs the CPU."""
         while self._ticking:
             time.sleep(QUANTUM)
             if self.scheduler.deterministic:
                 continue
-            with self._slice_lock:
-                v = self._current
-                if v is not None:
-                    self._preempted = True
-                    v.cpu.stop()
+            v = self._current
+            if v is None or not self._cpu_wanted(v):
+                continue
+            if v.preempt_pending:
+                self._preempt(v)
+            else:
+                v.preempt_pending = True
+
+    def _cpu_wanted(self, v: Vcpu) -> bool:
+        """Does anything but ``v`` need the scheduler (ticker thread, read-only)?"""
+        if self._wake_requested:
+            return True
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            return True
+        nxt = self.timers.peek_deadline()
+        if nxt is not None and nxt <= self.clock.now():
+            return True
+        try:
+            for d in list(self.domains.values()):
+                if d.runnable and not self.scheduler.capped(d):
+                    for w in d.vcpus:
+                        if w is not v and w.online and not w.blocked and not w.debug_hold:
+                            return True
+            return self.scheduler.capped(v.domain)
+        except RuntimeError:               # the dict changed under us: just ask
+            return True
+
+    def preempted(self, v: Vcpu) -> None:
+        """Called by ``v`` itself from a hook when its time slice is over."""
+        self._preempted = True
+        v.cpu.stop()
+
+    def _preempt(self, v: Vcpu, unless_in_hypercall: bool = False) -> None:
+        """Stop ``v`` if it is still the running vCPU.  Takes v's hook lock, so the stop
+        never lands while one of its hooks runs (they rewrite the PC: unicorn #1355) and
+        never hits a later slice than the one it was meant for."""
+        with v.cpu.hook_lock:
+            if self._current is not v:
+                return
+            if unless_in_hypercall and (v.in_hypercall or v.in_syscall_hook):
+                return             # the hypercall exit path delivers the event itself
+            self._preempted = True
+            v.cpu.stop()
 
     def run(self, domains: Iterable[Domain] | None = None, timeout: float | None = None,
             until: Callable[[], bool] | None = None) -> bool:
@@ -196,11 +239,13 @@ class Host:
         shut down (True), ``until()`` holds (True), or ``timeout`` wall seconds (False)."""
         targets = list(domains) if domains is not None else list(self.domains.values())
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._deadline = deadline
         self._ticking = True
         self._ticker = threading.Thread(target=self._tick, name="xenpy-tick", daemon=True)
         self._ticker.start()
         try:
             while True:
+                self._wake_requested = False
                 if until is not None and until():
                     return True
                 if targets and all(d.finished for d in targets):
@@ -211,6 +256,7 @@ class Host:
         finally:
             self._ticking = False
             self._current = None
+            self._deadline = None
 
     def _schedule_once(self, deadline: float | None) -> None:
         """Fire due timers, then run one slice of the chosen vCPU, or idle."""
@@ -259,8 +305,9 @@ class Host:
             budget = v.block_budget()
             before = budget.blocks
             budget.arm(self.scheduler.slice_blocks)
-        with self._slice_lock:             # a stop can only hit the slice it was meant for
+        with v.cpu.hook_lock:              # see _preempt
             self._preempted = False
+            v.preempt_pending = False
             self._current = v
         t0 = time.perf_counter_ns()
         try:
@@ -269,7 +316,7 @@ class Host:
             ip = v.cpu.reg("eip" if d.width == Width.X86_32 else "rip")
             d.crash(f"the CPU stopped: {e} at {ip:#x}")
         finally:
-            with self._slice_lock:
+            with v.cpu.hook_lock:
                 self._current = None
             elapsed = time.perf_counter_ns() - t0
             d.cpu_time += elapsed / 1e9

@@ -38,8 +38,9 @@ from ..abi.xen import (DOMID_SELF, MMU_MACHPHYS_UPDATE, MMU_NORMAL_PT_UPDATE,
                        MMUEXT_PIN_L2_TABLE, MMUEXT_PIN_L3_TABLE, MMUEXT_PIN_L4_TABLE,
                        MMUEXT_SET_LDT, MMUEXT_TLB_FLUSH_ALL, MMUEXT_TLB_FLUSH_LOCAL,
                        MMUEXT_TLB_FLUSH_MULTI, MMUEXT_UNMARK_SUPER, MMUEXT_UNPIN_TABLE,
-                       HYPERVISOR_VIRT_START_PAE, PAGE_SHIFT, PAGE_SIZE, UVMF_ALL, UVMF_FLUSHTYPE_MASK, UVMF_INVLPG,
-                       UVMF_TLB_FLUSH, VMASST_CMD_disable, VMASST_CMD_enable,
+                       HYPERVISOR_VIRT_START_PAE, PAGE_SHIFT, PAGE_SIZE, UVMF_ALL,
+                       UVMF_FLUSHTYPE_MASK,
+                       VMASST_CMD_disable, VMASST_CMD_enable,
                        VMASST_TYPE_4gb_segments, VMASST_TYPE_4gb_segments_notify,
                        VMASST_TYPE_architectural_iopl, VMASST_TYPE_m2p_strict,
                        VMASST_TYPE_pae_extended_cr3, VMASST_TYPE_runstate_update_flag,
@@ -90,7 +91,14 @@ def put_page(d: "Domain", mfn: int) -> None:
     if mem.ref_count[mfn] == 0:
         raise AssertionError(f"put_page of mfn {mfn:#x} with no references")
     mem.ref_count[mfn] -= 1
-    if mem.ref_count[mfn] == 0:
+    _maybe_free(d, mfn)
+
+
+def _maybe_free(d: "Domain", mfn: int) -> None:
+    """Free a frame nothing references or uses any more (its allocation was dropped).
+    A frame still used as a type (a GDT holds only a type reference) stays allocated."""
+    mem = d.mem
+    if mem.ref_count[mfn] == 0 and mem.type_count[mfn] == 0:
         mem.free_frames_of([mfn])
 
 
@@ -105,9 +113,19 @@ def get_page_type(d: "Domain", mfn: int, type_: int, foreign_ok: bool = False) -
                             and mem.valid_mfn(mfn))):
         raise PageError(Errno.EINVAL, f"mfn {mfn:#x} is not owned by d{d.domid}")
     if mem.type_count[mfn] == 0:
-        if type_ in PT_TYPES:
-            _validate(d, mfn, type_)
         mem.type[mfn] = type_
+        if type_ in PT_TYPES:
+            # Typed (tentatively) while its entries are validated, as Xen's PGT_partial:
+            # a table that links itself, directly or through a cycle, as another level
+            # then meets a type conflict instead of being promoted twice.
+            mem.type_count[mfn] = 1
+            try:
+                _validate(d, mfn, type_)
+            except PageError:
+                mem.type_count[mfn] = 0
+                mem.type[mfn] = PageType.none
+                raise
+            return
     elif mem.type[mfn] != type_:
         raise PageError(Errno.EINVAL, f"mfn {mfn:#x} has type "
                         f"{PageType.NAMES[mem.type[mfn]]}, not {PageType.NAMES[type_]}")
@@ -124,6 +142,7 @@ def put_page_type(d: "Domain", mfn: int) -> None:
     mem.type_count[mfn] -= 1
     if mem.type_count[mfn] == 0:
         mem.type[mfn] = PageType.none
+        _maybe_free(d, mfn)
 
 
 def get_page_and_type(d: "Domain", mfn: int, type_: int) -> None:
@@ -269,8 +288,7 @@ def put_entry(d: "Domain", level: int, e: int, slot: int = -1) -> None:
         if e & _PAGE_RW:
             put_page_type(d, target)
         mem.ref_count[target] -= 1
-        if mem.ref_count[target] == 0:
-            mem.free_frames_of([target])
+        _maybe_free(d, target)
         return
     put_page_and_type(d, target)
 
@@ -668,15 +686,15 @@ def set_ldt(v: "Vcpu", base: int, ents: int) -> int:
             if not pte & _PAGE_PRESENT:
                 raise PageError(Errno.EINVAL, f"LDT page {base + off:#x} is not mapped")
             mfn = (pte & MADDR_MASK) >> PAGE_SHIFT
-            get_page_type(d, mfn, PageType.seg_desc)
+            get_page_and_type(d, mfn, PageType.seg_desc)
             frames.append(mfn)
     except PageError as e:
         for mfn in frames:
-            put_page_type(d, mfn)
+            put_page_and_type(d, mfn)
         d.log_once(f"ldt {e}", "set_ldt(%#x, %d): %s", base, ents, e)
         return -e.errno
     for mfn in getattr(v, "ldt_frames", ()):
-        put_page_type(d, mfn)
+        put_page_and_type(d, mfn)
     v.ldt_frames = frames
     v.ldt = (base, ents)
     return 0
@@ -701,6 +719,12 @@ def do_vm_assist(v: "Vcpu", cmd: int, type_: int) -> int:
     else:
         return -Errno.ENOSYS
     return 0
+
+
+def audit(host) -> list[str]:
+    """Recount every reference from first principles (see audit.py)."""
+    from .audit import audit as recount
+    return recount(host)
 
 
 def ptwr_do_page_fault(v: "Vcpu", addr: int, error_code: int, ip: int) -> bool:
@@ -747,76 +771,3 @@ def relinquish_resources(d: "Domain") -> None:
     d.special_frames.clear()
     d.grant_frames.clear()
     d.xen_l2s.clear()
-
-
-# --- audit ---------------------------------------------------------------------------------
-def audit(host) -> list[str]:
-    """Recount every reference from first principles (Xen's audit.c) and compare with the
-    frame table; also check the isolation invariants.  Returns the problems found."""
-    from . import grant_table
-    mem = host.mem
-    n = mem.nr_frames
-    refs = [0] * n
-    types: dict[int, tuple[int, int]] = {}      # mfn -> (type, count)
-    problems: list[str] = []
-
-    def use(mfn: int, type_: int) -> None:
-        t, c = types.get(mfn, (type_, 0))
-        if t != type_:
-            problems.append(f"mfn {mfn:#x} used as {PageType.NAMES[t]} and {PageType.NAMES[type_]}")
-        types[mfn] = (t, c + 1)
-
-    for d in host.domains.values():
-        if d.dying:
-            continue
-        for pfn, mfn in enumerate(d.p2m):
-            if mfn >= 0:
-                refs[mfn] += 1
-        for mfn in d.unplaced:
-            refs[mfn] += 1
-        for mfn in d.special_frames:
-            refs[mfn] += 1
-            use(mfn, PageType.writable)
-        for mfn in grant_table.status_frames(d):
-            refs[mfn] += 1
-        for v in d.vcpus:
-            for mfn in (v.guest_table, v.guest_table_user):
-                if mfn:
-                    refs[mfn] += 1
-                    use(mfn, PageType.l3 if d.width == Width.X86_32 else PageType.l4)
-            for mfn in list(v.gdt_frames) + list(getattr(v, "ldt_frames", [])):
-                use(mfn, PageType.seg_desc)
-        for mfn in range(n):
-            if mem.owner[mfn] != d.domid:
-                continue
-            if mem.pinned[mfn]:
-                refs[mfn] += 1
-                use(mfn, mem.type[mfn])
-            t = mem.type[mfn]
-            if t in PT_TYPES and mem.type_count[mfn]:
-                entries = _entries(d, mfn)
-                for r in guest_slots(d, t, mfn):
-                    for i in r:
-                        e = entries[i]
-                        if not e & _PAGE_PRESENT:
-                            continue
-                        target = (e & MADDR_MASK) >> PAGE_SHIFT
-                        refs[target] += 1
-                        if t == PageType.l1:
-                            if e & _PAGE_RW:
-                                use(target, PageType.writable)
-                        else:
-                            use(target, t - 1)
-        for m in grant_table.maptrack_refs(d):
-            refs[m.mfn] += 1
-            if m.writable:
-                use(m.mfn, PageType.writable)
-    for mfn in range(n):
-        if mem.owner[mfn] in host.domains and not host.domains[mem.owner[mfn]].dying:
-            if refs[mfn] != mem.ref_count[mfn]:
-                problems.append(f"mfn {mfn:#x}: ref_count {mem.ref_count[mfn]}, counted {refs[mfn]}")
-            t, c = types.get(mfn, (PageType.none, 0))
-            if c != mem.type_count[mfn] or (c and t != mem.type[mfn]):
-                problems.append(f"mfn {mfn:#x}: type {PageType.NAMES[mem.type[mfn]]}x"
-                                f"{mem.type_count[mfn]}, counted {PageType.NAMES[t]}x{c}")
-    return problems

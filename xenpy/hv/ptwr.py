@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import capstone
@@ -107,20 +108,50 @@ def ptwr_do_page_fault(v: "Vcpu", addr: int, error_code: int, ip: int) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class Operand:
+    type: int               # capstone X86_OP_REG / X86_OP_IMM / X86_OP_MEM
+    reg: str                # register name (REG operands)
+    imm: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What ptwr needs of one instruction (decoded once per distinct byte string)."""
+    mnemonic: str
+    size: int
+    rep: bool
+    ops: tuple[Operand, ...]
+
+
+@functools.lru_cache(maxsize=1024)
+def decode(width: Width, code: bytes) -> Decoded | None:
+    """Decode the first instruction of ``code`` (a pure function of its bytes: cached)."""
+    insn = next(_decoder(width).disasm(code, 0, 1), None)
+    if insn is None:
+        return None
+    ops = tuple(Operand(o.type, insn.reg_name(o.reg) if o.type == X.X86_OP_REG else "",
+                        o.imm if o.type == X.X86_OP_IMM else 0, o.size)
+                for o in insn.operands)
+    return Decoded(insn.mnemonic.removeprefix("lock "), insn.size,
+                   insn.prefix[0] in (X.X86_PREFIX_REP, X.X86_PREFIX_REPNE), ops)
+
+
 def _emulate(v: "Vcpu", cr2: int, table: int, ip: int) -> None:
     d = v.domain
     code = v.gmem.read(ip, 15) if _page_room(ip) >= 15 else _read_code(v, ip)
-    insn = next(_decoder(d.width).disasm(code, ip, 1), None)
+    insn = decode(d.width, code)
     if insn is None:
         raise Unhandleable("undecodable instruction")
-    if insn.prefix[0] in (X.X86_PREFIX_REP, X.X86_PREFIX_REPNE):
+    if insn.rep:
         raise Unhandleable(f"{insn.mnemonic} with a rep prefix")
-    ops = insn.operands
-    m = insn.mnemonic.removeprefix("lock ")
+    ops = insn.ops
+    m = insn.mnemonic
     ip_next = ip + insn.size
     if m == "mov" and len(ops) == 2 and ops[0].type == X.X86_OP_MEM:
         size = ops[0].size
-        val = _read_reg(v, insn.reg_name(ops[1].reg))[0] if ops[1].type == X.X86_OP_REG \
+        val = _read_reg(v, ops[1].reg)[0] if ops[1].type == X.X86_OP_REG \
             else ops[1].imm & ((1 << (8 * size)) - 1)
         _update(v, cr2, table, None, val, size)
     elif m in ("stosd", "stosq"):
@@ -132,19 +163,18 @@ def _emulate(v: "Vcpu", cr2: int, table: int, ip: int) -> None:
         v.cpu.set_reg(di, (v.cpu.reg(di) + step) & (0xFFFFFFFF if d.width == 4 else MASK64))
     elif m == "xchg" and len(ops) == 2 and X.X86_OP_MEM in (ops[0].type, ops[1].type):
         reg = ops[1] if ops[0].type == X.X86_OP_MEM else ops[0]
-        name = insn.reg_name(reg.reg)
-        val, size = _read_reg(v, name)
+        val, size = _read_reg(v, reg.reg)
         old = _update(v, cr2, table, None, val, size)
-        _write_reg(v, name, old)
-    elif m == "cmpxchg" and ops[0].type == X.X86_OP_MEM:
-        val, size = _read_reg(v, insn.reg_name(ops[1].reg))
+        _write_reg(v, reg.reg, old)
+    elif m == "cmpxchg" and len(ops) == 2 and ops[0].type == X.X86_OP_MEM:
+        val, size = _read_reg(v, ops[1].reg)
         acc = "eax" if size == 4 else "rax"
         expected = _read_reg(v, acc)[0]
         ok, cur = _cmpxchg(v, cr2, table, expected, val, size)
         if not ok:
             _write_reg(v, acc, cur)
         _set_zf(v, ok)
-    elif m == "cmpxchg8b" and ops[0].type == X.X86_OP_MEM:
+    elif m == "cmpxchg8b" and ops and ops[0].type == X.X86_OP_MEM:
         expected = (v.cpu.reg("edx") & 0xFFFFFFFF) << 32 | (v.cpu.reg("eax") & 0xFFFFFFFF)
         val = (v.cpu.reg("ecx") & 0xFFFFFFFF) << 32 | (v.cpu.reg("ebx") & 0xFFFFFFFF)
         ok, cur = _cmpxchg(v, cr2, table, expected, val, 8)
@@ -152,7 +182,7 @@ def _emulate(v: "Vcpu", cr2: int, table: int, ip: int) -> None:
             v.cpu.set_regs(eax=cur & 0xFFFFFFFF, edx=cur >> 32)
         _set_zf(v, ok)
     else:
-        raise Unhandleable(f"instruction {m} {insn.op_str}")
+        raise Unhandleable(f"instruction {m}")
     if d.width == Width.X86_32:
         v.cpu.set_reg("eip", ip_next)
     else:

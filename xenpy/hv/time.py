@@ -86,6 +86,14 @@ class TimerQueue:
             heapq.heappop(self._heap)
         return self._heap[0].deadline if self._heap else None
 
+    def peek_deadline(self) -> int | None:
+        """The earliest deadline, cancelled timers included (safe from another thread)."""
+        heap = self._heap
+        try:
+            return heap[0].deadline if heap else None
+        except IndexError:
+            return None
+
     def expire(self, now: int) -> list[Timer]:
         out = []
         while self._heap and self._heap[0].deadline <= now:

@@ -71,12 +71,16 @@ def install_hooks(v: "Vcpu") -> None:
             entry.set_result(res)
         if v.vcpu_info_pending():
             deliver_event(v)
+        v.hook_exit()
 
     externs_ready()
+    def on_interrupt(vector: int) -> None:
+        do_trap(v, vector)
+        v.hook_exit()
+
     entry = HypercallEntry(cpu, [REGS32[n] for n in ("eax", "ebx", "ecx", "edx", "esi", "edi",
                                                      "ebp", "cs", "eip")],
-                           REGS32["eax"], HYPERCALL_VECTOR, on_hypercall,
-                           lambda vector: do_trap(v, vector))
+                           REGS32["eax"], HYPERCALL_VECTOR, on_hypercall, on_interrupt)
     cpu.on_invalid_opcode(lambda: do_invalid_op(v))
     cpu.on_cpuid(lambda: emul_priv_op.cpuid(v))
     cpu.on_port_in(lambda port, size: emul_priv_op.port_in(v, port, size))

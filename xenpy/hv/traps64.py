@@ -68,11 +68,16 @@ def install_hooks(v: "Vcpu") -> None:
                 user_syscall(v, r[7])
         finally:
             v.in_syscall_hook = False
+        v.hook_exit()
+
+    def on_interrupt(vector: int) -> None:
+        do_trap(v, vector)
+        v.hook_exit()
 
     externs_ready()
     entry = HypercallEntry(cpu, [REGS64[n] for n in ("rax", "rdi", "rsi", "rdx", "r10", "r8",
                                                      "r9", "rip")],
-                           REGS64["rax"], None, on_syscall, lambda vector: do_trap(v, vector))
+                           REGS64["rax"], None, on_syscall, on_interrupt)
     cpu.on_invalid_opcode(lambda: do_invalid_op(v))
     cpu.on_cpuid(lambda: emul_priv_op.cpuid(v))
     cpu.on_port_in(lambda port, size: emul_priv_op.port_in(v, port, size))

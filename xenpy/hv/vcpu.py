@@ -86,6 +86,7 @@ class Vcpu:
         self.run_ns = 0
         self._budget = None
         self._vi_flags = None
+        self.preempt_pending = False       # the scheduler asked for the CPU back
         self.denied_io = None              # register snapshot of a port I/O to fault (#GP)
         self._wake = threading.Event()
         if domain.width == Width.X86_32:
@@ -123,6 +124,12 @@ class Vcpu:
                 self.poll_timer.cancelled = True
                 self.poll_timer = None
             self._wake.set()
+
+    def hook_exit(self) -> None:
+        """End of every hypervisor entry: give the CPU back if the scheduler asked."""
+        if self.preempt_pending:
+            self.preempt_pending = False
+            self.domain.host.preempted(self)
 
     def block(self) -> None:
         """SCHEDOP_block: stop running until an event is pending (checked by the caller)."""

@@ -78,8 +78,11 @@ class _Abort:
 class UcDebug:
     """Debug machinery for one Uc (one vCPU)."""
 
-    def __init__(self, uc: Uc, translate: Translate, *, mode64: bool = False) -> None:
+    def __init__(self, uc: Uc, translate: Translate, *, mode64: bool = False,
+                 stop: Callable[[], None] | None = None) -> None:
         self.uc = uc
+        # How another thread stops this CPU (a hypervisor serialises it with its hooks).
+        self._stop_async = stop or uc.emu_stop
         self.translate = translate
         self._pc_reg = UC_X86_REG_RIP if mode64 else UC_X86_REG_EIP
         self._code: dict[int, tuple[int, set[BpKind]]] = {}
@@ -231,7 +234,7 @@ class UcDebug:
         with self._cond:
             self._interrupt_requested = True
             while self._in_emu and self._interrupt_requested:
-                self.uc.emu_stop()
+                self._stop_async()
                 self._cond.wait(_INTERRUPT_RETRY_S)
 
     def discard_interrupt(self) -> None:
