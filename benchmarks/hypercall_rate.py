@@ -11,10 +11,9 @@ hypercall page xenpy writes, ``xg_cmdline_ulong``/``xg_printf`` stubbed) with an
 thunk (the mechanism xenpy uses, so "xenpy / raw" is xenpy's dispatch overhead) and once
 through the Python binding's ``hook_add`` (for reference).  Goal: >= 500k/s.
 
-``--breakdown`` times the pieces of xenpy's hypercall path one by one (timeit, on a
-booted nullhc domain, no guest running): the register batch read and write, dispatch,
-the pending-event check, and for comparison the same batch read through a ctypes
-prototype taking plain ``c_void_p`` (what the binding's pointer ``argtypes`` cost).
+``--breakdown`` times the Python pieces of xenpy's hypercall path one by one (timeit, on
+a booted nullhc domain, no guest running): dispatch (fast and general), the pending-event
+check, and for reference a register batch read/write from Python through ctypes.
 ``--lean-path`` adds two more bare-Unicorn rows whose hook does the least work a
 hypercall needs (read 9 registers, look the handler up in a list, call it, write eax,
 test a ctypes pending flag): once through the binding's ``argtypes`` as xenpy does, once
@@ -158,7 +157,10 @@ def profile(n: int, top: int) -> None:
 
 
 def breakdown() -> list[list[object]]:
-    """Microseconds per call of each piece of the hypercall path, on a booted domain."""
+    """Microseconds per call of each piece of the hypercall path, on a booted domain.
+
+    Pieces that the running xenpy does not have (its internals move) are left out.
+    """
     from xenpy.abi.version import XENVER_version
     from xenpy.hv import hypercall as hc
     from xenpy.hv.host import Host
@@ -168,22 +170,29 @@ def breakdown() -> list[list[object]]:
     try:
         d = boot_domain(host, DomainSpec("nullhc", guest_path("nullhc"), 32, cmdline="n=1"))
         v = d.vcpus[0]
-        regs = v.cpu.batch(["eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "cs", "eip"])
-        eax = v.cpu.batch(["eax"])
         nr = HYPERCALL_NR["xen_version"]
         args = (XENVER_version, 0, 0, 0, 0, 0)
+        pieces: list[tuple[str, object]] = []
+        if hasattr(hc, "fast_dispatcher"):
+            fast = hc.fast_dispatcher(v)
+            pieces.append(("hypercall.fast_dispatcher(v)(xen_version)",
+                           lambda: fast(nr, *args)))
+        pieces.append(("hypercall.dispatch(xen_version)", lambda: hc.dispatch(v, nr, args)))
+        pieces.append(("Vcpu.vcpu_info_pending()", v.vcpu_info_pending))
+        # Reference costs of register access from Python (ctypes through the binding's
+        # argtypes, and through a c_void_p prototype), for paths still doing it.
+        regs = v.cpu.batch(["eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "cs", "eip"])
+        eax = v.cpu.batch(["eax"])
         proto = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                                  ctypes.c_void_p, ctypes.c_int)
         raw_read = proto(ctypes.cast(uclib.uc_reg_read_batch, ctypes.c_void_p).value)
         h = ctypes.c_void_p(ctypes.cast(v.cpu.uc._uch, ctypes.c_void_p).value)
         ids = ctypes.c_void_p(ctypes.addressof(regs._ids))
         ptrs = ctypes.c_void_p(ctypes.addressof(regs._ptrs))
-        pieces = [
-            ("BatchRegs.read() of 9 registers", regs.read),
-            ("BatchRegs.write() of eax", eax.write),
-            ("hypercall.dispatch(xen_version)", lambda: hc.dispatch(v, nr, args)),
-            ("Vcpu.vcpu_info_pending()", v.vcpu_info_pending),
-            ("same read, c_void_p prototype", lambda: raw_read(h, ids, ptrs, 9)),
+        pieces += [
+            ("ref: ctypes BatchRegs.read() of 9 registers", regs.read),
+            ("ref: ctypes BatchRegs.write() of eax", eax.write),
+            ("ref: same read, c_void_p prototype", lambda: raw_read(h, ids, ptrs, 9)),
         ]
         n = 100_000
         return [[name, 1e6 * min(timeit.repeat(fn, number=n, repeat=5)) / n]

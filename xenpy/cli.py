@@ -44,9 +44,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = load_xl_config(target)
         spec = DomainSpec(name=cfg.name, kernel=Path(cfg.kernel), memory_mib=cfg.memory,
                           vcpus=cfg.vcpus, cmdline=cfg.cmdline)
+        disks = cfg.disks
     else:
         kernel = resolve_kernel(args.kernel)
         spec = DomainSpec(name=kernel.stem, kernel=kernel, memory_mib=32, cmdline="")
+        disks = ()
     if args.memory is not None:
         spec.memory_mib = args.memory
     if args.cmdline is not None:
@@ -57,6 +59,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     debug = None
     try:
         d = boot_domain(host, spec)
+        if disks:
+            from .toolstack.disk import attach_disks
+            attach_disks(host, d.domid, disks)
         d.console_sink = lambda data: (out.write(data), out.flush())
         if not args.deterministic:
             _forward_stdin(host, d)

@@ -19,7 +19,7 @@ from xenpy.abi.xen import (MMU_MACHPHYS_UPDATE, MMUEXT_CLEAR_PAGE, MMUEXT_COPY_P
                            UVMF_TLB_FLUSH, VMASST_CMD_enable, VMASST_TYPE_writable_pagetables,
                            _PAGE_PRESENT)
 from xenpy.hv import mm
-from xenpy.hv.guest_access import PFEC_present, PFEC_write
+from xenpy.hv.guest_access import PFEC_present, PFEC_write, GuestFault, walk
 
 from .world import PTE_RO, PTE_RW, Guest, counts
 
@@ -42,15 +42,21 @@ class Fuzzer:
         self.own_free = [a.free_mfn(i) for i in range(6)]
         self.pool = (self.own_free + a.pt_mfns() + [a.top, a.d.shared_info_mfn, b.free_mfn(0),
                                                     b.top, m2p[0], a.mem.nr_frames + 3])
-        self.orig_m2p = {m: a.mem.m2p(m) for m in self.own_free}
+        # every frame a machphys update may move, or displace from free_pfn(0..7)
+        self.orig_m2p = {m: a.mem.m2p(m) for m in [a.free_mfn(i) for i in range(8)]
+                         + a.pt_mfns()}
         top = a.top
         self.top = top
+        self.alt_top = a.free_mfn(7)        # a second address space: a copy of the top table
+        self.top_copy = bytes(a.mem.page(top))
+        a.mem.write(self.alt_top << 12, self.top_copy)
         guest_slots = [i for r in mm.guest_slots(a.d, a.mem.type[top], top) for i in r]
         self.free_top_slots = [i for i in guest_slots
                                if not a.mem.read_u64((top << 12) + 8 * i) & _PAGE_PRESENT][:3]
         hv = [256, 271] if a.w == 8 else [3]
         self.top_slots = [(top << 12) + 8 * i for i in self.free_top_slots + hv]
         self.pinned: list[int] = []
+        self.repin: list[tuple[int, int]] = []
         self.handles: list[int] = []
         self.ldt = False
         self.calls = 0
@@ -76,12 +82,23 @@ class Fuzzer:
             if rc == 0:
                 self.pinned.append(pool[i % len(pool)])
         elif kind == 3:
-            mfn = self.pinned[i % len(self.pinned)] if self.pinned and k % 2 else pool[i % len(pool)]
+            mfn = (self.pinned[i % len(self.pinned)] if self.pinned and k % 2
+                   else pool[i % len(pool)])
+            level = a.mem.type[mfn] if a.mem.valid_mfn(mfn) else 0
             rc = a.mmuext([(MMUEXT_UNPIN_TABLE, mfn, 0)])[0]
             if rc == 0:
-                self.pinned.remove(mfn)
+                if mfn in self.pinned:
+                    self.pinned.remove(mfn)
+                else:
+                    self.repin.append((level, mfn))       # pinned by the domain builder
         elif kind == 4:
-            rc = a.mmuext([(MMUEXT_NEW_BASEPTR, pool[i % len(pool)], 0)])[0]
+            roots = [self.top, self.alt_top] + pool[len(self.own_free):]
+            root = roots[i % len(roots)]
+            if root in (self.top, self.alt_top) and not self._maps_kernel(root):
+                if a.mem.type_count[root]:
+                    return                # it would strand the actor: a kernel would not
+                a.mem.write(root << 12, self.top_copy)    # rebuilt, as a kernel would
+            rc = a.mmuext([(MMUEXT_NEW_BASEPTR, root, 0)])[0]
         elif kind == 5:
             cmd = MMUEXT_COPY_PAGE if k % 2 else MMUEXT_CLEAR_PAGE
             rc = a.mmuext([(cmd, pool[i % len(pool)], pool[j % len(pool)])])[0]
@@ -110,6 +127,14 @@ class Fuzzer:
             mfn = pool[i % len(pool)]
             rc = a.mmu_update([((mfn << 12) | MMU_MACHPHYS_UPDATE, a.free_pfn(j % 8))])[0]
         assert rc is not None and rc <= 0, (kind, rc)
+
+    def _maps_kernel(self, root: int) -> bool:
+        try:
+            walk(self.a.mem, self.a.d.width, root << 12, self.a.scratch)
+            walk(self.a.mem, self.a.d.width, root << 12, self.a.out)
+            return True
+        except GuestFault:
+            return False
 
     def _ptwr(self, win: int, val: int, size: int) -> int:
         """Emulate a kernel store of ``val`` into the PTE of ``win`` (the #PF path)."""
@@ -149,15 +174,22 @@ class Fuzzer:
             for dev in self.granted:
                 a.unmap_grant(0, h, dev=dev << 12)
         stuck = any(m is not None for m in a.d.gnttab.maptrack) if a.d.gnttab else False
-        assert a.mmuext([(MMUEXT_NEW_BASEPTR, self.top, 0)])[0] == 0
         a.mmuext([(MMUEXT_SET_LDT, 0, 0)])
-        for slot in self.top_slots[:len(self.free_top_slots)]:
-            assert a.pt_update(slot, 0, maddr=True) == 0
         for va, pte in self.win_pte.items():
             assert a.uvm(va, pte) == 0
         for mfn in reversed(self.pinned):
             assert a.mmuext([(MMUEXT_UNPIN_TABLE, mfn, 0)])[0] == 0
         self.pinned.clear()
+        if not a.mem.type_count[self.top]:
+            # the actor unpinned its tables and left them (maybe cleared them): a kernel
+            # would rewrite them through a writable mapping before switching back
+            a.mem.write(self.top << 12, self.top_copy)
+        assert a.mmuext([(MMUEXT_NEW_BASEPTR, self.top, 0)])[0] == 0
+        for slot in self.top_slots[:len(self.free_top_slots)]:
+            assert a.pt_update(slot, 0, maddr=True) == 0
+        for level, mfn in self.repin:
+            assert a.mmuext([(MMUEXT_PIN_L1_TABLE + level - 1, mfn, 0)])[0] == 0
+        self.repin.clear()
         for mfn, pfn in self.orig_m2p.items():
             assert a.mmu_update([((mfn << 12) | MMU_MACHPHYS_UPDATE, pfn)])[0] == 0
         a.mmuext([(MMUEXT_TLB_FLUSH_ALL, 0, 0)])
@@ -171,8 +203,8 @@ class Fuzzer:
         """Domain destroy releases A's grants: B's counts and flags are B's own again."""
         b = self.b
         b.d.host.destroy_domain(self.a.d)
-        for mfn in self.granted:
-            b.mem.write(mfn << 12, bytes(4096))           # copies may have written there
+        for mfn in self.granted[:2]:
+            b.mem.write(mfn << 12, bytes(4096))           # A's copies may have written there
         assert counts(b.d) == self.base_b
         assert [b.d.gnttab.flags_of(r) for r in range(8)] == self.b_flags
         self.check()

@@ -5,7 +5,6 @@ reference from first principles (mm.audit) against the frame table.
 """
 from __future__ import annotations
 
-import struct
 
 import pytest
 

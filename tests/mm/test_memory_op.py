@@ -193,3 +193,24 @@ def test_add_to_physmap(pair):
     # the shared pages are not RAM the guest can give back
     arg = reservation(a, [gt.shared[1]])
     assert a.call("memory_op", M.XENMEM_decrease_reservation, arg) == 0
+
+
+def test_descriptor_table_frames_given_back_stay_until_released(pair):
+    """A frame in use as a GDT or LDT is not freed by decrease_reservation (it would be
+    handed to another domain while the CPU still reads descriptors from it)."""
+    a, _ = pair
+    gdt, ldt = a.free_mfn(0), a.free_mfn(1)
+    assert a.uvm(a.window(0), (gdt << 12) | 0x21) == 0
+    assert a.uvm(a.window(1), (ldt << 12) | 0x21) == 0
+    a.put_ulongs(a.out, [gdt])
+    assert a.call("set_gdt", a.out, 16) == 0
+    assert a.mmuext([(13, a.window(1), 16)]) == (0, 1)               # MMUEXT_SET_LDT
+    for va in (a.window(0), a.window(1)):                             # unmap both
+        assert a.uvm(va, 0) == 0
+    assert a.call("memory_op", M.XENMEM_decrease_reservation, reservation(a, [gdt, ldt])) == 2
+    assert a.d.owns(gdt) and a.d.owns(ldt)
+    assert a.mem.type[gdt] == a.mem.type[ldt] == PageType.seg_desc
+    assert a.mmuext([(13, 0, 0)]) == (0, 1)
+    assert a.mem.owner[ldt] == DOMID_FREE
+    assert a.call("set_gdt", a.out, 0) == 0
+    assert a.mem.owner[gdt] == DOMID_FREE

@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 from .fuzz import N_KINDS, Fuzzer, World
 
 OPS = st.lists(st.tuples(st.integers(0, N_KINDS - 1), st.integers(0, 255),
-                         st.integers(0, 255), st.integers(0, 7)), min_size=1, max_size=40)
+                         st.integers(0, 255), st.integers(0, 7)), min_size=1, max_size=50)
 
 
 @pytest.mark.parametrize("width", [32, 64], ids=["pv32", "pv64"])
-@settings(max_examples=15, deadline=None,
+@settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(ops=OPS)
 def test_random_sequences_keep_the_invariants(bundled_guests, width, ops):

@@ -102,8 +102,8 @@ def test_xchg_returns_the_old_entry(site):
     new = (g.free_mfn() << 12) | PTE_RW
     ax, dx = reg(site, "eax"), reg(site, "edx")
     op = "xchg dword ptr [edx], eax" if g.w == 4 else "xchg qword ptr [rdx], rax"
-    assert site.run(op, **{dx: site.pte_va, ax: new & (0xFFFFFFFF if g.w == 4 else ~0 & (2**64 - 1))})
     mask = 0xFFFFFFFF if g.w == 4 else 2 ** 64 - 1
+    assert site.run(op, **{dx: site.pte_va, ax: new & mask})
     assert g.v.cpu.reg(ax) & mask == old & mask
 
 

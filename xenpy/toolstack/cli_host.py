@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from .control import (CONTROL_ENV, ControlClient, ControlError, ErrorReply, Event,
                       HostNotRunning, NEED_DATA, decode_bytes, default_control_path,
                       default_xenstored_path, encode_bytes)
+from .disk import absolute_spec
 from .xlcfg import DomainConfig, parse_xl_config
 
 #: xenconsole's escape character: Ctrl-] detaches.
@@ -45,6 +46,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--memory", type=int, default=256, metavar="MiB", help="host memory")
     p.add_argument("--deterministic", action="store_true",
                    help="virtual time from executed instructions, reproducible interleaving")
+    p.add_argument("--listen", metavar="ADDR:PORT",
+                   help="accept live migrations on this TCP address (port 0: any free port)")
     p.set_defaults(func=cmd_host)
 
     p = sub.add_parser("create", parents=[common], help="create a domain from an xl.cfg file")
@@ -70,12 +73,32 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         p.add_argument("dom", metavar="DOM")
         p.set_defaults(func=cmd_simple, op=name)
 
+    from .migrate import register_cli as register_migration_commands
+    register_migration_commands(sub, common)
+
     p = sub.add_parser("trace", parents=[common],
                        help="print a running domain's hypercalls, one line each (as strace)")
     p.add_argument("dom", metavar="DOM")
     p.add_argument("--names", metavar="NAMES", help="only these hypercalls (comma-separated)")
     p.add_argument("--json", action="store_true", help="JSON lines")
     p.set_defaults(func=cmd_trace)
+
+    p = sub.add_parser("block-attach", parents=[common],
+                       help="hot-plug a disk into a running domain (xl block-attach)")
+    p.add_argument("dom", metavar="DOM")
+    p.add_argument("spec", nargs="+", metavar="DISKSPEC",
+                   help="an xl disk spec, e.g. format=raw, vdev=xvdb, access=rw, target=IMG")
+    p.set_defaults(func=cmd_block_attach)
+
+    p = sub.add_parser("block-detach", parents=[common],
+                       help="unplug a disk from a domain (xl block-detach)")
+    p.add_argument("dom", metavar="DOM")
+    p.add_argument("vdev", metavar="VDEV", help="xvdb, or the device number")
+    p.set_defaults(func=cmd_block_detach)
+
+    p = sub.add_parser("block-list", parents=[common], help="list a domain's disks (xl block-list)")
+    p.add_argument("dom", metavar="DOM")
+    p.set_defaults(func=cmd_block_list)
 
     p = sub.add_parser("shutdown", parents=[common],
                        help="ask a domain to power off (control/shutdown), as xl shutdown")
@@ -104,6 +127,8 @@ def cmd_host(args: argparse.Namespace) -> int:
     host = Host(memory_mib=args.memory, deterministic=args.deterministic)
     daemon = HostDaemon(host, control, xs_path)
     daemon.start()
+    if getattr(args, "listen", None):
+        print(f"XENPY_MIGRATION={daemon.migration.listen(args.listen)}", flush=True)
     previous = {sig: signal.signal(sig, lambda _s, _f: daemon.stop())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -137,9 +162,14 @@ def read_config(path: str, overrides: list[str]) -> DomainConfig:
             raise ConfigError(f"override {kv!r}: expected KEY=VALUE (xl.cfg syntax)")
         text += "\n" + kv
     cfg = parse_xl_config(text, source=path)
-    for key, value in (("ramdisk", cfg.ramdisk), ("disk", cfg.disks), ("vif", cfg.vifs)):
+    for key, value in (("ramdisk", cfg.ramdisk), ("vif", cfg.vifs)):
         if value:
             raise ConfigError(f"{path}: {key}: not supported by xenpy yet; remove the setting")
+    try:                   # xl resolves relative disk targets against the caller's cwd
+        disks = tuple(absolute_spec(spec, os.getcwd()) for spec in cfg.disks)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: disk: {e}") from None
+    cfg = replace(cfg, disks=disks)
     kernel = Path(cfg.kernel)
     if not kernel.is_absolute():
         near = Path(path).resolve().parent / kernel
@@ -159,7 +189,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         res = c.call("create", name=cfg.name, kernel=cfg.kernel, memory=cfg.memory,
                      vcpus=cfg.vcpus, cmdline=cfg.cmdline, on_poweroff=cfg.on_poweroff,
                      on_reboot=cfg.on_reboot, on_crash=cfg.on_crash, paused=args.paused,
-                     console=args.console)
+                     console=args.console, disks=list(cfg.disks))
         if args.console:
             return _console_loop(c, int(res["domid"]))
     return 0
@@ -221,6 +251,35 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
         raise ConfigError(f"--timeout: expected seconds >= 0, found {args.timeout}")
     with _client(args, timeout=None if args.wait else 60.0) as c:
         c.call("shutdown", dom=args.dom, force=args.force, timeout=args.timeout, wait=args.wait)
+    return 0
+
+
+# --- block devices -------------------------------------------------------------------------
+
+def cmd_block_attach(args: argparse.Namespace) -> int:
+    spec = absolute_spec(" ".join(args.spec), os.getcwd())
+    with _client(args) as c:
+        c.call("block_attach", dom=args.dom, spec=spec)
+    return 0
+
+
+def cmd_block_detach(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        c.call("block_detach", dom=args.dom, vdev=args.vdev)
+    return 0
+
+
+BLOCK_LIST_HEADER = "Vdev  BE  handle state evt-ch ring-ref BE-path"
+
+
+def cmd_block_list(args: argparse.Namespace) -> int:
+    """xl block-list's columns (handle is the frontend's state here, as xl shows it)."""
+    with _client(args) as c:
+        res = c.call("block_list", dom=args.dom)
+    print(BLOCK_LIST_HEADER)
+    for row in res["disks"]:
+        print(f"{row['vdev']:<5} {row['be']:<3} {row['frontend_state']:<6} {row['state']:<5} "
+              f"{row['evtchn']:<6} {row['ring_ref']:<8} {row['be_path']}")
     return 0
 
 

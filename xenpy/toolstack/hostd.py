@@ -29,7 +29,7 @@ import stat
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -37,6 +37,7 @@ from ..abi.sched import Shutdown
 from ..errors import ConfigError, ProtocolError, XenpyError
 from .control import (ControlConnection, ControlError, ErrorReply, Event, Reply, Request,
                       decode_bytes, encode_bytes)
+from .disk import attach_disks, blkback_for, detach_disk, list_disks, parse_disk_spec
 from .domain import DomainSpec, boot_domain
 from .xsdomain import domain_path
 
@@ -63,6 +64,7 @@ class DomainPlan:
     on_poweroff: str = "destroy"
     on_reboot: str = "restart"
     on_crash: str = "destroy"
+    disks: tuple[str, ...] = ()           # xl disk specs, attached at every (re)boot
 
     def action(self, reason: Shutdown | None) -> str:
         """xl's choice for a shutdown reason (watchdog as crash; suspend keeps the domain)."""
@@ -285,7 +287,13 @@ class HostDaemon:
             "console": self._op_console,
             "console_input": self._op_console_input,
             "trace": self._op_trace,
+            "block_attach": self._op_block_attach,
+            "block_detach": self._op_block_detach,
+            "block_list": self._op_block_list,
         }
+        from .migrate import HostdMigration           # save / restore / migrate (issue 6)
+        self.migration = HostdMigration(self)
+        self._ops.update(self.migration.ops())
 
     # --- lifecycle (scheduler thread) --------------------------------------------------------
     def start(self) -> None:
@@ -304,6 +312,7 @@ class HostDaemon:
 
     def serve_forever(self) -> None:
         """Run the host until ``stop()``; the calling thread becomes the scheduler thread."""
+        self.migration.attach()
         self.host.run(domains=[], until=self._service)
 
     def stop(self) -> None:
@@ -314,6 +323,7 @@ class HostDaemon:
 
     def close(self) -> None:
         """Destroy every domain and remove both sockets."""
+        self.migration.close()
         try:
             for d in list(self.host.domains.values()):
                 self._guarded(f"destroying d{d.domid} at exit", self._destroy, d)
@@ -336,6 +346,7 @@ class HostDaemon:
     # --- the scheduler thread's service loop ---------------------------------------------------
     def _service(self) -> bool:
         """Host.run's until(): requests, shutdown actions and forced destroys."""
+        self.migration.poll()
         if self._stopping:
             return True
         while not self._inbox.empty():
@@ -412,6 +423,11 @@ class HostDaemon:
 
     def _boot(self, plan: DomainPlan) -> "Domain":
         d = boot_domain(self.host, plan.spec)
+        try:
+            attach_disks(self.host, d.domid, plan.disks)
+        except XenpyError:
+            self.host.destroy_domain(d)
+            raise
         self._plans[d.domid] = plan
         d.console_sink = lambda data, d=d: self._console_output(d, data)
         d.on_shutdown.append(self._on_shutdown)
@@ -508,8 +524,12 @@ class HostDaemon:
         spec = DomainSpec(name=name, kernel=Path(_arg(a, "kernel", str)),
                           memory_mib=_arg(a, "memory", int, 32), vcpus=_arg(a, "vcpus", int, 1),
                           cmdline=_arg(a, "cmdline", str, ""))
+        disks = _arg(a, "disks", list, [])
+        if not all(isinstance(x, str) for x in disks):
+            raise ControlError("disks: expected a list of xl disk spec strings")
         plan = DomainPlan(spec, _arg(a, "on_poweroff", str, "destroy"),
-                          _arg(a, "on_reboot", str, "restart"), _arg(a, "on_crash", str, "destroy"))
+                          _arg(a, "on_reboot", str, "restart"), _arg(a, "on_crash", str, "destroy"),
+                          tuple(disks))
         d = self._boot(plan)
         d.paused = _arg(a, "paused", bool, False)
         if _arg(a, "console", bool, False):
@@ -531,6 +551,32 @@ class HostDaemon:
         d = self._live(_arg(req.args, "dom", str), "unpaused")
         d.paused = False
         return {"domid": d.domid}
+
+    def _op_block_attach(self, client: _Client, req: Request) -> Mapping[str, Any]:
+        """xl block-attach: hot-plug a disk; blkback and the frontend do the rest."""
+        d = self._live(_arg(req.args, "dom", str), "given a disk")
+        spec = _arg(req.args, "spec", str)
+        [disk] = attach_disks(self.host, d.domid, [spec])
+        plan = self._plans.get(d.domid)
+        if plan is not None:
+            self._plans[d.domid] = replace(plan, disks=plan.disks + (spec,))
+        return {"domid": d.domid, "vdev": disk.vdev, "devid": disk.devid}
+
+    def _op_block_detach(self, client: _Client, req: Request) -> Mapping[str, Any]:
+        """xl block-detach: online=0, state=Closing; blkback closes with the frontend."""
+        d = self.find_domain(_arg(req.args, "dom", str))
+        vdev = _arg(req.args, "vdev", str)
+        devid = detach_disk(self.host.xenstored, d.domid, vdev)
+        plan = self._plans.get(d.domid)
+        if plan is not None:
+            keep = tuple(x for x in plan.disks if parse_disk_spec(x).devid != devid)
+            self._plans[d.domid] = replace(plan, disks=keep)
+        blkback_for(self.host).poll()
+        return {"domid": d.domid, "devid": devid}
+
+    def _op_block_list(self, client: _Client, req: Request) -> Mapping[str, Any]:
+        d = self.find_domain(_arg(req.args, "dom", str))
+        return {"domid": d.domid, "disks": list_disks(self.host, d.domid)}
 
     def _live(self, ident: str, verb: str) -> "Domain":
         d = self.find_domain(ident)

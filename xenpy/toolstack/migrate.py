@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import socket
 import threading
@@ -98,6 +99,13 @@ class HostRunner:
         self._inbox.put((fn, fut))
         self.host._wakeup.set()      # Host has no public wake-up yet (hostd does the same)
         return fut.result(timeout)
+
+    def attach(self) -> None:
+        """Someone else runs Host.run (hostd) and calls ``poll`` from its ``until``."""
+        self.thread = threading.current_thread()
+
+    def poll(self) -> None:
+        self._service()
 
     def stop(self) -> None:
         self._stop = True
@@ -525,6 +533,161 @@ class HostClient:
     def close(self) -> None:
         self.f.close()
         self.sock.close()
+
+
+# --- `xenpy host` integration: save / restore / migrate ops and --listen ----------------------------
+class HostdMigration:
+    """The control operations `xenpy save|restore|migrate` send to a HostDaemon, and the
+    listener behind `xenpy host --listen ADDR:PORT`.  The daemon calls ``poll()`` from its
+    scheduler loop; migrations run in their own threads and reply when done."""
+
+    def __init__(self, daemon) -> None:
+        self.daemon = daemon
+        self.runner = HostRunner(daemon.host)
+        self.listener: socket.socket | None = None
+        self.errors: list[str] = []
+
+    def ops(self) -> dict:
+        return {"save": self._op_save, "restore": self._op_restore, "migrate": self._op_migrate}
+
+    def attach(self) -> None:
+        self.runner.attach()
+
+    def poll(self) -> None:
+        self.runner.poll()
+
+    def listen(self, addr: str) -> str:
+        self.listener = socket.create_server(parse_addr(addr))
+        threading.Thread(target=self._accept, name="xenpy-migration-listener", daemon=True).start()
+        h, p = self.listener.getsockname()[:2]
+        return f"{h}:{p}"
+
+    def _accept(self) -> None:
+        while self.listener is not None:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._receive, args=(conn,), daemon=True).start()
+
+    def _receive(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                receive_domain(self.runner, conn)
+            except (OSError, XenpyError, TimeoutError) as e:
+                self.errors.append(str(e))
+                log.warning("incoming migration failed: %s", e)
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+
+    def _op_save(self, client, req) -> dict:
+        from .save_restore import save_domain
+        d = self.daemon.find_domain(str(req.args["dom"]))
+        domctl.pause(d)
+        try:
+            n = save_domain(d, str(req.args["file"]))
+        except BaseException:
+            domctl.unpause(d)
+            raise
+        if req.args.get("checkpoint"):
+            domctl.unpause(d)
+        else:
+            self.daemon.host.destroy_domain(d)
+        return {"bytes": n, "domid": d.domid}
+
+    def _op_restore(self, client, req) -> dict:
+        from .save_restore import restore_domain
+        d = restore_domain(self.daemon.host, str(req.args["file"]), req.args.get("name"))
+        if not req.args.get("paused"):
+            domctl.unpause(d)
+        return {"domid": d.domid, "name": d.name}
+
+    def _op_migrate(self, client, req) -> None:
+        from .control import ErrorReply, Event, Reply
+        d = self.daemon.find_domain(str(req.args["dom"]))
+        addr = parse_addr(str(req.args["to"]))
+        policy = Policy(**dict(req.args.get("policy") or {}))
+        server = self.daemon.server
+
+        def progress(stage: str, done: int, total: int) -> None:
+            server.queue_message(client, Event("migrate_progress",
+                                               {"stage": stage, "done": done, "total": total}))
+
+        def run() -> None:
+            try:
+                with socket.create_connection(addr, timeout=60) as s:
+                    stats = migrate_domain(self.runner, d, s, policy, progress=progress)
+                server.queue_message(client, Reply(req.id, {"stats": stats.to_dict()}))
+            except (OSError, XenpyError, TimeoutError) as e:
+                server.queue_message(client, ErrorReply(req.id, str(e)))
+            self.daemon._wake_host()
+        threading.Thread(target=run, name=f"xenpy-migrate-{d.name}", daemon=True).start()
+        return None
+
+
+def cmd_save(args) -> int:
+    from .cli_host import _client
+    with _client(args, timeout=None) as c:
+        r = c.call("save", dom=args.dom, file=os.path.abspath(args.file), checkpoint=args.checkpoint)
+    print(f"saved {args.dom} to {args.file} ({r['bytes']} bytes)")
+    return 0
+
+
+def cmd_restore(args) -> int:
+    from .cli_host import _client
+    with _client(args, timeout=None) as c:
+        r = c.call("restore", file=os.path.abspath(args.file), paused=args.paused)
+    print(f"restored {r['name']} as domain {r['domid']}")
+    return 0
+
+
+def cmd_migrate(args) -> int:
+    from .cli_host import _client
+    from .control import ErrorReply, Event, Reply
+    from ..errors import XenpyError as _XE
+    bar = progress_bar()
+    with _client(args, timeout=None) as c:
+        rid = c.send_request("migrate", dom=args.dom, to=args.to)
+        while True:
+            msg = c.receive()
+            if isinstance(msg, Event) and msg.kind == "migrate_progress":
+                bar(msg.data["stage"], msg.data["done"], msg.data["total"])
+            elif isinstance(msg, Reply) and msg.id == rid:
+                stats = msg.result["stats"]
+                break
+            elif isinstance(msg, ErrorReply) and msg.id == rid:
+                raise _XE(msg.message)
+    if args.json:
+        print(json.dumps(stats, sort_keys=True))
+    else:
+        for r in stats["rounds"]:
+            print(f"round {r['round']}: {r['pages_sent']} pages sent, {r['pages_skipped']} "
+                  f"skipped, {r['dirtied']} dirtied, {r['duration_s'] * 1000:.1f} ms")
+        print(f"stop-and-copy: {stats['last_round_pages']} pages ({stats['stop_reason']}); "
+              f"downtime {stats['downtime_s'] * 1000:.1f} ms, total {stats['total_time_s']:.3f} s")
+    return 0
+
+
+def register_cli(sub, common) -> None:
+    """`xenpy save DOM FILE`, `xenpy restore FILE`, `xenpy migrate DOM ADDR:PORT`."""
+    p = sub.add_parser("save", parents=[common], help="save a domain to a file (xl save)")
+    p.add_argument("dom", metavar="DOM")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("-c", "--checkpoint", action="store_true", help="leave it running")
+    p.set_defaults(func=cmd_save)
+    p = sub.add_parser("restore", parents=[common], help="restore a saved domain (xl restore)")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("-p", "--paused", action="store_true", help="leave it paused")
+    p.set_defaults(func=cmd_restore)
+    p = sub.add_parser("migrate", parents=[common],
+                       help="live-migrate a domain to a host started with --listen")
+    p.add_argument("dom", metavar="DOM")
+    p.add_argument("to", metavar="ADDR:PORT")
+    p.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    p.set_defaults(func=cmd_migrate)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -357,7 +357,7 @@ class DomainRestorer:
     def feed(self, item: object) -> None:
         match item:
             case XlHeader():
-                self.config = item.config
+                self.config = item.config()
             case X86PvInfo():
                 self.pv_info = item
             case X86PvP2mFrames():
@@ -452,6 +452,9 @@ class DomainRestorer:
             if vid not in self.contexts:
                 raise StreamError(f"X86_PV_VCPU_BASIC: Expected vcpu{vid}'s context, got none")
         mem = d.mem
+        saved_name = str(info.get("name", d.name))
+        if self.name is None and not any(x.name == saved_name for x in host.domains.values()):
+            d.name = saved_name
         d.uuid = str(info.get("uuid", d.uuid))
         d.cmdline = str(info.get("cmdline", ""))
         d.vm_assist = int(info.get("vm_assist", 0))

@@ -65,6 +65,48 @@ xg_trap_common:
         add     $8, %esp                /* vector, error code */
         jmp     HYPERCALL_IRET
 
+/*
+ * Event upcall (CALLBACKTYPE_event).  Xen bounces here with events masked
+ * and the same frame as an exception without error code: EIP, CS (saved
+ * upcall mask in bits 16-23), EFLAGS (IF = !saved mask).  We build a
+ * struct xg_regs (vector -1 marks an upcall), run the C scan and leave
+ * through HYPERVISOR_iret, which restores the upcall mask from EFLAGS.IF
+ * in the same step as the return, so no event slips in between.
+ */
+GLOBAL(xg_hypervisor_callback)
+        pushl   $0                      /* error code */
+        pushl   $-1                     /* vector: upcall */
+        pushal
+        cld
+        mov     %esp, %eax
+        push    %eax                    /* struct xg_regs * */
+        call    xg_evtchn_do_upcall
+        add     $4, %esp
+        popal
+        add     $8, %esp
+        jmp     HYPERCALL_IRET
+ENDFN(xg_hypervisor_callback)
+
+/*
+ * Failsafe callback: Xen could not load a segment register while returning
+ * to us; the frame is DS, ES, FS, GS, EIP, CS, EFLAGS[, ESP, SS].  Drop the
+ * segments and report it as a trap frame - there is no sane way back.
+ */
+GLOBAL(xg_failsafe_callback)
+        mov     $FLAT_KERNEL_DS, %eax
+        mov     %eax, %ds
+        mov     %eax, %es
+        add     $16, %esp               /* DS ES FS GS */
+        pushl   $0
+        pushl   $-2                     /* vector: failsafe */
+        pushal
+        cld
+        mov     %esp, %eax
+        push    %eax
+        call    xg_failsafe
+1:      jmp     1b
+ENDFN(xg_failsafe_callback)
+
 /* long xg_enter_user(unsigned long ip, unsigned long sp) */
 GLOBAL(xg_enter_user)
         mov     4(%esp), %ecx

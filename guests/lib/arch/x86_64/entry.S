@@ -26,6 +26,43 @@
         jmp     xg_trap_common
 .endm
 
+.macro SAVE_ALL
+        push    %rax
+        push    %rbx
+        push    %rcx
+        push    %rdx
+        push    %rsi
+        push    %rdi
+        push    %rbp
+        push    %r8
+        push    %r9
+        push    %r10
+        push    %r11
+        push    %r12
+        push    %r13
+        push    %r14
+        push    %r15
+        cld
+.endm
+
+.macro RESTORE_ALL
+        pop     %r15
+        pop     %r14
+        pop     %r13
+        pop     %r12
+        pop     %r11
+        pop     %r10
+        pop     %r9
+        pop     %r8
+        pop     %rbp
+        pop     %rdi
+        pop     %rsi
+        pop     %rdx
+        pop     %rcx
+        pop     %rbx
+        pop     %rax
+.endm
+
         .text
         .balign 32
         .globl  xg_trap_stubs
@@ -99,6 +136,50 @@ xg_trap_common:
         add     $16, %rsp               /* vector, error code */
         pushq   $0                      /* flags: not VGCF_in_syscall */
         jmp     HYPERCALL_IRET
+
+/*
+ * Event upcall (CALLBACKTYPE_event).  Xen bounces here with events masked;
+ * the 16-byte aligned frame is, from the top, RCX, R11, RIP, CS (saved
+ * upcall mask in bits 32-39), RFLAGS (IF = !saved mask), RSP, SS.  RCX and
+ * R11 go back into their registers, then we build a struct xg_regs (vector
+ * -1 marks an upcall), run the C scan and leave through HYPERVISOR_iret
+ * (flags 0: restore every register), which restores the upcall mask from
+ * RFLAGS.IF in the same step as the return.
+ */
+GLOBAL(xg_hypervisor_callback)
+        pop     %rcx
+        pop     %r11
+        pushq   $0                      /* error code */
+        pushq   $-1                     /* vector: upcall */
+        SAVE_ALL
+        mov     %rsp, %rdi              /* struct xg_regs * */
+        mov     %rsp, %rbx
+        and     $-16, %rsp
+        call    xg_evtchn_do_upcall
+        mov     %rbx, %rsp
+        RESTORE_ALL
+        add     $16, %rsp               /* vector, error code */
+        pushq   $0                      /* flags: not VGCF_in_syscall */
+        jmp     HYPERCALL_IRET
+ENDFN(xg_hypervisor_callback)
+
+/*
+ * Failsafe callback: Xen could not load a segment register while returning
+ * to us; the frame is RCX, R11, DS, ES, FS, GS, RIP, CS, RFLAGS, RSP, SS.
+ * Report it as a trap frame and crash - there is no sane way back.
+ */
+GLOBAL(xg_failsafe_callback)
+        pop     %rcx
+        pop     %r11
+        add     $32, %rsp               /* DS ES FS GS */
+        pushq   $0
+        pushq   $-2                     /* vector: failsafe */
+        SAVE_ALL
+        mov     %rsp, %rdi
+        and     $-16, %rsp
+        call    xg_failsafe
+1:      jmp     1b
+ENDFN(xg_failsafe_callback)
 
 /* long xg_enter_user(unsigned long ip, unsigned long sp) */
 GLOBAL(xg_enter_user)

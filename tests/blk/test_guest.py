@@ -1,0 +1,76 @@
+"""The blktest guest (lib/blkfront.c) against blkback, both widths.
+
+These run on a deterministic host.  On the wall-clock host this guest crashes now and
+then (roughly one run in five) with registers corrupted after a tick preemption (an
+asynchronous uc_emu_stop; the core's owners are working on it: X86Cpu.hook_lock), which
+would make these tests flaky for reasons outside blkif.
+"""
+from __future__ import annotations
+
+import pytest
+
+from xenpy.backends.blkback import BlkBack
+from xenpy.hv.host import Host
+from xenpy.testing import DomainFactory
+
+from xenpy.abi.io.xenbus import XenbusState as S
+from xenpy.toolstack.disk import attach_disk, parse_disk_spec
+
+
+@pytest.fixture
+def det():
+    """(DomainFactory, BlkBack) on a deterministic host."""
+    host = Host(memory_mib=64, deterministic=True)
+    bb = BlkBack(host)
+    try:
+        yield DomainFactory(host, []), bb
+    finally:
+        bb.close()
+        host.close()
+        host.mem.close()
+
+
+def boot_blktest(det, spec: str, width: int, cmdline: str = ""):
+    factory, blkback = det
+    run = factory(f"blktest-x86_{width}", memory_mib=16, cmdline=cmdline)
+    attach_disk(blkback.xs, run.domain.domid, parse_disk_spec(spec))
+    return run
+
+
+def finish(run, timeout: float = 60.0) -> str:
+    run.run(timeout=timeout)
+    return run.report()
+
+
+@pytest.mark.parametrize("persistent", [0, 1], ids=["grant-per-request", "persistent"])
+def test_blktest_passes(det, image, width, persistent):
+    blkback = det[1]
+    run = boot_blktest(det, f"format=raw, vdev=xvda, access=rw, target={image}",
+                       width, f"seed=7 persistent={persistent}")
+    out = finish(run)
+    assert "blktest: PASS (" in out, out
+    assert f"persistent={persistent}" in out
+    assert "blktest: FLUSHED seed=7" in out
+    data = image.read_bytes()
+    # the guest's pattern at sector 1000 (fill(seed + 1)) is in the image
+    expect = bytes(((8 * 31 + i * 7 + (i >> 9)) & 0xFF) for i in range(4096))
+    assert data[1000 * 512:1000 * 512 + 4096] == expect
+    # the device is back to InitWait after the guest's final close
+    assert blkback.devices[(run.domain.domid, 51712)].state in (S.Closed, S.InitWait)
+
+
+def test_blktest_multipage_ring(det, image, width):
+    run = boot_blktest(det, f"file:{image},xvdb,w", width,
+                       "devid=51728 order=2")
+    out = finish(run)
+    assert "order=2" in out and "blktest: PASS (" in out, out
+
+
+def test_blktest_read_only(det, image, width):
+    image.write_bytes(b"\xabRO!" * (1 << 20))
+    run = boot_blktest(det, f"phy:{image},xvda,r", width, "ro=1")
+    out = finish(run)
+    assert "blktest: read-only: ok" in out and "blktest: PASS (" in out, out
+    assert "first bytes ab 52 4f 21" in out
+    assert image.read_bytes() == b"\xabRO!" * (1 << 20)
+
