@@ -13,7 +13,6 @@ from pathlib import Path
 
 from . import ROOT
 from .abi.sched import Shutdown
-from .abi.xen import Width
 from .errors import XenpyError
 
 EXIT_OK, EXIT_CRASH, EXIT_TIMEOUT, EXIT_ERROR = 0, 1, 2, 3

@@ -1,7 +1,6 @@
 """A domain: its memory (p2m), shared_info, vCPUs, event channels and lifecycle."""
 from __future__ import annotations
 
-import ctypes
 import enum
 import logging
 from typing import TYPE_CHECKING, Callable

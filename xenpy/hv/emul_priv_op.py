@@ -56,6 +56,15 @@ def emulate_tsc(v: "Vcpu", ip: int) -> bool:
     return True
 
 
+def _cli_sti(v: "Vcpu", op: int, ip_reg: str, ip: int) -> bool:
+    """cli/sti under the virtual IOPL: they set or clear the event mask (Xen's iopl_ok)."""
+    if v.iopl < 1:
+        return False
+    v.vcpu_info.evtchn_upcall_mask = 1 if op == 0xFA else 0
+    v.cpu.set_reg(ip_reg, ip + 1)
+    return True
+
+
 def emulate(v: "Vcpu", eip: int) -> bool:
     """Emulate the instruction at ``eip`` if Xen would; True when done."""
     code = _fetch(v, eip, 3)
@@ -64,11 +73,7 @@ def emulate(v: "Vcpu", eip: int) -> bool:
     cpu = v.cpu
     op = code[0]
     if op in (0xFA, 0xFB):                       # cli / sti
-        if v.iopl < 1:
-            return False
-        v.vcpu_info.evtchn_upcall_mask = 1 if op == 0xFA else 0
-        cpu.set_reg("eip", eip + 1)
-        return True
+        return _cli_sti(v, op, "eip", eip)
     if op != 0x0F or len(code) < 2:
         return False
     op2 = code[1]
@@ -129,11 +134,7 @@ def emulate64(v: "Vcpu", rip: int) -> bool:
         rex, n = code[0], 1
     op = code[n:]
     if op[:1] in (b"\xfa", b"\xfb") and not rex:
-        if v.iopl < 1:
-            return False
-        v.vcpu_info.evtchn_upcall_mask = 1 if op[0] == 0xFA else 0
-        cpu.set_reg("rip", rip + 1)
-        return True
+        return _cli_sti(v, op[0], "rip", rip)
     if len(op) < 2 or op[0] != 0x0F:
         return False
     if op[1] == 0x06:

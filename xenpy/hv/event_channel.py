@@ -48,6 +48,15 @@ class EventChannels:
         self.d = domain
         self.ports: list[Channel] = [Channel()]   # port 0 is never used
 
+    def _new_port(self, ch: Channel) -> int:
+        """Install ``ch`` on a free port: the port, or -ENOSPC when the table is full."""
+        try:
+            p = self._alloc()
+        except OverflowError:
+            return -Errno.ENOSPC
+        self.ports[p] = ch
+        return p
+
     def _alloc(self) -> int:
         for p in range(1, len(self.ports)):
             if self.ports[p].state == ECS.free:
@@ -82,12 +91,7 @@ class EventChannels:
         if dom not in (DOMID_SELF, self.d.domid):
             return -Errno.EPERM           # only a privileged domain allocates for another
         remote = self.d.domid if remote_dom == DOMID_SELF else remote_dom
-        try:
-            p = self._alloc()
-        except OverflowError:
-            return -Errno.ENOSPC
-        self.ports[p] = Channel(ECS.unbound, remote_domid=remote)
-        return p
+        return self._new_port(Channel(ECS.unbound, remote_domid=remote))
 
     def bind_interdomain(self, remote_dom: int, remote_port: int) -> int:
         rd = self._peer(remote_dom)
@@ -121,22 +125,12 @@ class EventChannels:
             return -Errno.ENOENT
         if any(c.state == ECS.virq and c.virq == virq and c.vcpu == vcpu for c in self.ports):
             return -Errno.EEXIST
-        try:
-            p = self._alloc()
-        except OverflowError:
-            return -Errno.ENOSPC
-        self.ports[p] = Channel(ECS.virq, vcpu=vcpu, virq=virq)
-        return p
+        return self._new_port(Channel(ECS.virq, vcpu=vcpu, virq=virq))
 
     def bind_ipi(self, vcpu: int) -> int:
         if not 0 <= vcpu < len(self.d.vcpus):
             return -Errno.ENOENT
-        try:
-            p = self._alloc()
-        except OverflowError:
-            return -Errno.ENOSPC
-        self.ports[p] = Channel(ECS.ipi, vcpu=vcpu)
-        return p
+        return self._new_port(Channel(ECS.ipi, vcpu=vcpu))
 
     def bind_vcpu(self, port: int, vcpu: int) -> int:
         from ..abi.event_channel import VIRQ_CONSOLE, VIRQ_DOM_EXC

@@ -32,6 +32,18 @@ CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 2, 0x10, 0x20, 1 << 16, 1 <<
 CR4_TSD, CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 2, 1 << 5, 1 << 9, 1 << 10
 
 
+def enable_paging(v: Vcpu, cr3: int, efer: int | None = None) -> None:
+    """The control registers every PV vCPU starts with (PAE/long-mode paging, WP, rdtsc
+    trapping for the emulated TSC) and its GDT, which lives in the hypervisor's area."""
+    cpu = v.cpu
+    cpu.set_reg("cr4", CR4_TSD | CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT)
+    v.set_cr3(cr3)
+    if efer is not None:
+        cpu.write_msr(0xC0000080, efer)
+    cpu.set_reg("cr0", CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG)
+    cpu.set_gdtr(v.domain.hv_layout.gdt_va(v.vcpu_id), 0xFFFF)
+
+
 class Host:
     def __init__(self, memory_mib: int = 256, deterministic: bool = False) -> None:
         from .time import RealClock, TimerQueue, VirtualClock
@@ -103,10 +115,7 @@ class Host:
             return
         cpu = v.cpu
         lay = v.domain.hv_layout
-        cpu.set_reg("cr4", CR4_TSD | CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT)
-        v.set_cr3(cr3)
-        cpu.set_reg("cr0", CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG)
-        cpu.set_gdtr(lay.gdt_va(v.vcpu_id), 0xFFFF)
+        enable_paging(v, cr3)
         cpu.set_regs(cs=SEL_RING0_CS, ss=SEL_RING0_DS, ds=FLAT_RING1_DS, es=FLAT_RING1_DS,
                      fs=FLAT_RING1_DS, gs=FLAT_RING1_DS)
         cpu.set_tr(SEL_TSS, lay.tss_va(v.vcpu_id), 0x67)

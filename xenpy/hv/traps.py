@@ -27,7 +27,7 @@ from . import emul_priv_op, hypercall as hc, mm
 from .guest_access import GuestFault
 
 if TYPE_CHECKING:
-    from .vcpu import PendingUserEvent, TrapEntry, Vcpu
+    from .vcpu import TrapEntry, Vcpu
 
 log = logging.getLogger("xenpy.traps")
 
@@ -81,15 +81,51 @@ def install_hooks(v: "Vcpu") -> None:
     entry = HypercallEntry(cpu, [REGS32[n] for n in ("eax", "ebx", "ecx", "edx", "esi", "edi",
                                                      "ebp", "cs", "eip")],
                            REGS32["eax"], HYPERCALL_VECTOR, on_hypercall, on_interrupt)
-    cpu.on_invalid_opcode(lambda: do_invalid_op(v))
+    install_common_hooks(v, lambda: do_invalid_op(v))
+
+
+def install_common_hooks(v: "Vcpu", invalid_op) -> None:
+    """#UD, CPUID and port I/O: the same policy for both guest widths."""
+    cpu = v.cpu
+    cpu.on_invalid_opcode(invalid_op)
     cpu.on_cpuid(lambda: emul_priv_op.cpuid(v))
     cpu.on_port_in(lambda port, size: emul_priv_op.port_in(v, port, size))
     cpu.on_port_out(lambda port, size, val: emul_priv_op.port_out(v, port, size, val))
 
 
-def _regs(v: "Vcpu") -> dict[str, int]:
-    c = v.cpu
-    return {n: c.reg(n) for n in ("eip", "cs", "eflags", "esp", "ss")}
+def classify(v: "Vcpu", vector: int, ip: int) -> tuple[bool, int | None]:
+    """(hardware?, error code) of an interrupt-hook vector, acknowledging a fault.
+
+    Unicorn reports exceptions and `int N` alike.  Vectors that set old_exception
+    (0, 8, 10-14) are hardware when it says so; #DB, int3 and into are treated as
+    hardware (Xen's IDT gives them DPL 3); anything else is `int N` when the two
+    bytes before the IP encode it."""
+    cpu = v.cpu
+    if vector >= 32:
+        return False, None
+    if vector in _HW_TRACKED:
+        hardware = cpu.pending_exception() == vector
+    elif vector in (1, 3, 4):
+        hardware = True
+    else:
+        hardware = _prev_bytes(v, ip, 2) != bytes((0xCD, vector))
+    if not hardware:
+        return False, None
+    err = cpu.ack_fault()
+    return True, (err if vector in TRAPS_WITH_ERROR_CODE else None)
+
+
+def forced_emulation(v: "Vcpu", ip: int, ip_reg: str) -> bool:
+    """Xen's forced-emulation prefix (ud2a; .ascii "xen") before a cpuid: skip the prefix;
+    Unicorn then runs the cpuid and our CPUID hook answers it."""
+    try:
+        head = v.gmem.read(ip, 7)
+    except GuestFault:
+        return False
+    if head[:5] == _FORCED_EMUL and head[5:7] == b"\x0f\xa2":
+        v.cpu.set_reg(ip_reg, ip + 5)
+        return True
+    return False
 
 
 def do_trap(v: "Vcpu", vector: int) -> None:
@@ -100,20 +136,8 @@ def do_trap(v: "Vcpu", vector: int) -> None:
     if vector == GATE_VECTOR and eip == v.fw_gate_return and cs & 3 == 1:
         finish_user_bounce(v)
         return
-    hardware = False
-    error_code: int | None = None
-    if vector < 32:
-        if vector in _HW_TRACKED:
-            hardware = cpu.pending_exception() == vector
-        elif vector in (1, 3, 4):
-            hardware = True        # #DB, int3 and into: Xen's IDT gives them DPL 3
-        else:
-            hardware = _prev_bytes(v, eip, 2) != bytes((0xCD, vector))
+    hardware, error_code = classify(v, vector, eip)
     if hardware:
-        if vector in TRAPS_WITH_ERROR_CODE:
-            error_code = cpu.ack_fault()
-        else:
-            cpu.ack_fault()
         if eip in (v.fw_iret, v.fw_user_gate):
             v.domain.crash(f"fault {vector} (ec={error_code}) returning to the guest at "
                            f"{'iret' if eip == v.fw_iret else 'the kernel stack'} "
@@ -146,16 +170,10 @@ def _prev_bytes(v: "Vcpu", eip: int, n: int) -> bytes:
 
 
 def do_invalid_op(v: "Vcpu") -> bool:
-    """#UD: Xen's forced-emulation prefix (ud2a; .ascii "xen"; cpuid) or a bounce."""
+    """#UD: Xen's forced-emulation prefix, or a bounce to the guest."""
     eip = v.cpu.reg("eip")
-    try:
-        head = v.gmem.read(eip, 7)
-    except GuestFault:
-        head = b""
-    if head[:5] == _FORCED_EMUL and head[5:7] == b"\x0f\xa2":
-        v.cpu.set_reg("eip", eip + 5)        # Unicorn runs the cpuid; our hook answers it
-        return True
-    inject(v, TRAP_invalid_op, None, eip)
+    if not forced_emulation(v, eip, "eip"):
+        inject(v, TRAP_invalid_op, None, eip)
     return True
 
 

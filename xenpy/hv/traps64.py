@@ -21,11 +21,11 @@ import struct
 from typing import TYPE_CHECKING
 
 from ..abi.xen import (FLAT_RING3_CS64, FLAT_RING3_SS64, TI_DPL_MASK, TI_FLAG_IF,
-                       TRAP_gp_fault, TRAP_invalid_op, TRAP_page_fault, TRAPS_WITH_ERROR_CODE)
+                       TRAP_gp_fault, TRAP_invalid_op, TRAP_page_fault)
 from . import emul_priv_op, hypercall as hc, mm
 from .guest_access import PFEC_user, GuestFault
-from .traps import (_FORCED_EMUL, _HW_TRACKED, EFLAGS_IF, EFLAGS_IOPL, EFLAGS_NT, EFLAGS_RF,
-                    EFLAGS_TF, EFLAGS_VM)
+from .traps import (EFLAGS_IF, EFLAGS_IOPL, EFLAGS_NT, EFLAGS_RF, EFLAGS_TF, EFLAGS_VM,
+                    classify, forced_emulation, install_common_hooks)
 
 if TYPE_CHECKING:
     from .vcpu import TrapEntry, Vcpu
@@ -35,6 +35,7 @@ MSR_FS_BASE = 0xC0000100
 MSR_GS_BASE = 0xC0000101
 MSR_SHADOW_GS_BASE = 0xC0000102
 MASK64 = 0xFFFFFFFFFFFFFFFF
+EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1 << 0, 1 << 8, 1 << 10, 1 << 11
 
 
 def canonical(addr: int) -> bool:
@@ -78,10 +79,7 @@ def install_hooks(v: "Vcpu") -> None:
     entry = HypercallEntry(cpu, [REGS64[n] for n in ("rax", "rdi", "rsi", "rdx", "r10", "r8",
                                                      "r9", "rip")],
                            REGS64["rax"], None, on_syscall, on_interrupt)
-    cpu.on_invalid_opcode(lambda: do_invalid_op(v))
-    cpu.on_cpuid(lambda: emul_priv_op.cpuid(v))
-    cpu.on_port_in(lambda port, size: emul_priv_op.port_in(v, port, size))
-    cpu.on_port_out(lambda port, size, val: emul_priv_op.port_out(v, port, size, val))
+    install_common_hooks(v, lambda: do_invalid_op(v))
 
 
 def set_ip(v: "Vcpu", rip: int) -> None:
@@ -103,20 +101,8 @@ def toggle_guest_mode(v: "Vcpu") -> None:
 def do_trap(v: "Vcpu", vector: int) -> None:
     cpu = v.cpu
     rip = cpu.reg("rip")
-    hardware = False
-    error_code = None
-    if vector < 32:
-        if vector in _HW_TRACKED:
-            hardware = cpu.pending_exception() == vector
-        elif vector in (1, 3, 4):
-            hardware = True
-        else:
-            hardware = _prev(v, rip) != bytes((0xCD, vector))
+    hardware, error_code = classify(v, vector, rip)
     if hardware:
-        if vector in TRAPS_WITH_ERROR_CODE:
-            error_code = cpu.ack_fault()
-        else:
-            cpu.ack_fault()
         if vector == TRAP_gp_fault and error_code == 0:
             if emul_priv_op.emulate_tsc(v, rip) or (v.kernel_mode
                                                    and emul_priv_op.emulate64(v, rip)):
@@ -138,23 +124,10 @@ def do_trap(v: "Vcpu", vector: int) -> None:
     inject(v, vector, None, rip)
 
 
-def _prev(v: "Vcpu", rip: int) -> bytes:
-    try:
-        return v.gmem.read(rip - 2, 2)
-    except GuestFault:
-        return b""
-
-
 def do_invalid_op(v: "Vcpu") -> bool:
     rip = v.cpu.reg("rip")
-    try:
-        head = v.gmem.read(rip, 7)
-    except GuestFault:
-        head = b""
-    if head[:5] == _FORCED_EMUL and head[5:7] == b"\x0f\xa2":
-        v.cpu.set_reg("rip", rip + 5)
-        return True
-    inject(v, TRAP_invalid_op, None, rip)
+    if not forced_emulation(v, rip, "rip"):
+        inject(v, TRAP_invalid_op, None, rip)
     return True
 
 
@@ -237,16 +210,10 @@ def deliver_event(v: "Vcpu") -> None:
 
 def initial_state(v: "Vcpu", *, entry: int, stack: int, start_info: int, cr3: int) -> None:
     """Xen's initial 64-bit vCPU: CPL 3 kernel mode, flat selectors, RSI = start_info."""
-    from .host import (CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_OSFXSR,
-                       CR4_OSXMMEXCPT, CR4_PAE, CR4_TSD)
+    from .host import enable_paging
     from .layout64 import SEL_RING0_CS64, SEL_RING0_DS
     cpu = v.cpu
-    lay = v.domain.hv_layout
-    cpu.set_reg("cr4", CR4_TSD | CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT)
-    v.set_cr3(cr3)
-    cpu.write_msr(0xC0000080, (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11))  # SCE LME LMA NXE
-    cpu.set_reg("cr0", CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG)
-    cpu.set_gdtr(lay.gdt_va(v.vcpu_id), 0xFFFF)
+    enable_paging(v, cr3, efer=EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)
     cpu.set_regs(cs=SEL_RING0_CS64, ss=SEL_RING0_DS)
     frame = [entry, FLAT_RING3_CS64, 0x200, stack, FLAT_RING3_SS64]
     sp = stack - 8 * len(frame)

@@ -23,7 +23,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..abi.xen import (FLAT_RING1_CS, FLAT_RING1_DS, FLAT_RING3_SS64, HYPERVISOR_VIRT_END_X86_64,
+from ..abi.xen import (FLAT_RING1_DS, FLAT_RING3_SS64, HYPERVISOR_VIRT_END_X86_64,
                        HYPERVISOR_VIRT_START_PAE, HYPERVISOR_VIRT_START_X86_64, PAGE_SHIFT,
                        PAGE_SIZE, Width, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW,
                        _PAGE_USER)
