@@ -36,7 +36,8 @@ uintptr_t xp_block_hook_ptr(void);
 uintptr_t xp_write_hook_ptr(void);
 uintptr_t xp_intr_hook_ptr(void);
 uintptr_t xp_syscall_hook_ptr(void);
-extern "Python" void xp_py_hypercall(void *);
+extern "Python" int64_t xp_py_hypercall(void *, uint64_t, uint64_t, uint64_t, uint64_t,
+                                        uint64_t, uint64_t, uint64_t, uint64_t, uint64_t);
 extern "Python" void xp_py_intr(void *, uint32_t);
 """
 
@@ -81,16 +82,23 @@ struct xp_entry {
 };
 typedef int (*xp_read_batch_fn)(void *uc, int *ids, void **vals, int count);
 typedef int (*xp_write_fn)(void *uc, int id, const void *value);
-static void xp_py_hypercall(void *);
+static int64_t xp_py_hypercall(void *, uint64_t, uint64_t, uint64_t, uint64_t,
+                               uint64_t, uint64_t, uint64_t, uint64_t, uint64_t);
 static void xp_py_intr(void *, uint32_t);
+#define XP_NO_RESULT INT64_MIN
 
+/* The registers go to Python as arguments and the result comes back as the return
+   value: cheaper than cdata indexing on the Python side. */
 static void xp_enter(void *uc, struct xp_entry *e)
 {
+    uint64_t *r = e->vals;
     ((xp_read_batch_fn)e->read_batch)(uc, e->ids, e->ptrs, e->n);
-    e->write_ret = 0;
-    xp_py_hypercall(e->handle);
-    if (e->write_ret)
+    int64_t res = xp_py_hypercall(e->handle, r[0], r[1], r[2], r[3], r[4], r[5], r[6],
+                                  r[7], r[8]);
+    if (res != XP_NO_RESULT) {
+        e->ret = (uint64_t)res;
         ((xp_write_fn)e->write_reg)(uc, e->ret_id, &e->ret);
+    }
 }
 
 static void xp_intr_hook(void *uc, uint32_t intno, void *user)
@@ -155,20 +163,24 @@ _WRITE_REG = ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p).value
 class HypercallEntry:
     """The C side of a vCPU's hypercall entry (``int $0x82`` or ``syscall``).
 
-    The C hook reads the ABI's registers into ``vals`` with one uc_reg_read_batch,
-    calls ``on_hypercall(vals)`` (set ``result`` to have it written to the return
-    register), and sends every other interrupt to ``on_interrupt(vector)``.  Python
+    The C hook reads the ABI's registers with one uc_reg_read_batch and calls
+    ``on_hypercall(r0, ..., r8)`` with them (up to 9; unused ones are 0); a return value
+    other than NO_RESULT is written to the return register.  Every other interrupt goes
+    to ``on_interrupt(vector)``.  Python
     exceptions are kept in ``error`` and stop the CPU (re-raised by X86Cpu.run).
     """
 
     def __init__(self, cpu, reg_ids: list[int], ret_id: int, vector: int | None,
                  on_hypercall, on_interrupt) -> None:
         ffi, lib = load()
+        externs_ready()
         self._ffi = ffi
         self.cpu = cpu
         e = ffi.new("struct xp_entry *")
         e.read_batch = ffi.cast("void *", _READ_BATCH)
         e.write_reg = ffi.cast("void *", _WRITE_REG)
+        if len(reg_ids) > 9:
+            raise ValueError("at most 9 registers")
         e.n = len(reg_ids)
         for i, rid in enumerate(reg_ids):
             e.ids[i] = rid
@@ -199,9 +211,10 @@ class HypercallEntry:
             raise RuntimeError(f"hypercall entry hook: {uc.UcError(err)}")
         cpu.keep_hook(hh.value, self)
 
-    def set_result(self, value: int) -> None:
-        self.e.ret = value & 0xFFFFFFFFFFFFFFFF
-        self.e.write_ret = 1
+
+
+NO_RESULT = -(1 << 63)
+"""on_hypercall's return value when nothing is to be written back."""
 
 
 def _fail(self_: "HypercallEntry", exc: BaseException) -> None:
@@ -214,14 +227,15 @@ def _fail(self_: "HypercallEntry", exc: BaseException) -> None:
 def _install_externs() -> None:
     ffi, lib = load()
 
-    @ffi.def_extern(onerror=lambda et, ev, tb: None)
-    def xp_py_hypercall(handle):
+    @ffi.def_extern(onerror=lambda et, ev, tb: NO_RESULT)
+    def xp_py_hypercall(handle, r0, r1, r2, r3, r4, r5, r6, r7, r8):
         entry = ffi.from_handle(handle)
         with entry.cpu.hook_lock:
             try:
-                entry.on_hypercall(entry.vals)
+                return entry.on_hypercall(r0, r1, r2, r3, r4, r5, r6, r7, r8)
             except BaseException as exc:      # noqa: BLE001 - re-raised by X86Cpu.run
                 _fail(entry, exc)
+                return NO_RESULT
 
     @ffi.def_extern(onerror=lambda et, ev, tb: None)
     def xp_py_intr(handle, intno):

@@ -44,7 +44,7 @@ _FORCED_EMUL = b"\x0f\x0bxen"
 
 
 def install_hooks(v: "Vcpu") -> None:
-    from ..cpu.chooks import HypercallEntry, externs_ready
+    from ..cpu.chooks import NO_RESULT, HypercallEntry
     from ..cpu.x86 import REGS32
     fw = v.domain.host.layout32.firmware.symbols
     v.fw_iret = fw["iret_tramp"]
@@ -54,33 +54,32 @@ def install_hooks(v: "Vcpu") -> None:
     DEFER = hc.DEFER
     cpu = v.cpu
 
-    def on_hypercall(r) -> None:
-        """int $0x82: r = eax ebx ecx edx esi edi ebp cs eip, read by the C hook."""
-        if r[7] & 3 != 1:
+    def on_hypercall(eax, ebx, ecx, edx, esi, edi, ebp, cs, eip, _m=0xFFFFFFFF):
+        """int $0x82, registers read by the C hook; returns the new eax or NO_RESULT."""
+        if cs & 3 != 1:
             do_trap(v, HYPERCALL_VECTOR)          # from ring 3: #GP, as Xen's DPL-1 gate
-            return
+            return NO_RESULT
         v.in_hypercall = True
-        res = fast(r[0] & 0xFFFFFFFF, r[1], r[2], r[3], r[4], r[5], r[6])
+        res = fast(eax & _m, ebx, ecx, edx, esi, edi, ebp)
         v.in_hypercall = False
         if res is DEFER:
-            cpu.set_reg("eip", r[8] - 2)          # back onto the int $0x82
+            cpu.set_reg("eip", eip - 2)           # back onto the int $0x82
             v.debug_stop = True
             cpu.stop()
-            return
-        if res is not None:
-            entry.set_result(res)
+            return NO_RESULT
         if v.vcpu_info_pending():
             deliver_event(v)
-        v.hook_exit()
+        if v.preempt_pending:
+            v.hook_exit()
+        return NO_RESULT if res is None else res & _m
 
-    externs_ready()
     def on_interrupt(vector: int) -> None:
         do_trap(v, vector)
         v.hook_exit()
 
-    entry = HypercallEntry(cpu, [REGS32[n] for n in ("eax", "ebx", "ecx", "edx", "esi", "edi",
-                                                     "ebp", "cs", "eip")],
-                           REGS32["eax"], HYPERCALL_VECTOR, on_hypercall, on_interrupt)
+    HypercallEntry(cpu, [REGS32[n] for n in ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp",
+                                             "cs", "eip")],
+                   REGS32["eax"], HYPERCALL_VECTOR, on_hypercall, on_interrupt)
     install_common_hooks(v, lambda: do_invalid_op(v))
 
 

@@ -43,42 +43,42 @@ def canonical(addr: int) -> bool:
 
 
 def install_hooks(v: "Vcpu") -> None:
-    from ..cpu.chooks import HypercallEntry, externs_ready
+    from ..cpu.chooks import NO_RESULT, HypercallEntry
     from ..cpu.x86 import REGS64
     v.fw_iret = v.domain.hv_layout.host.firmware.symbols["iret_tramp"]
     fast = hc.fast_dispatcher(v)
     DEFER = hc.DEFER
     cpu = v.cpu
 
-    def on_syscall(r) -> None:
-        """syscall: r = rax rdi rsi rdx r10 r8 r9 rip, read by the C hook."""
+    def on_syscall(rax, rdi, rsi, rdx, r10, r8, r9, rip, _unused):
+        """syscall, registers read by the C hook; returns the new rax or NO_RESULT."""
+        res = None
         v.in_syscall_hook = True
         try:
             if v.kernel_mode:
-                res = fast(r[0] & 0xFFFFFFFF, r[1], r[2], r[3], r[4], r[5], r[6])
+                res = fast(rax & 0xFFFFFFFF, rdi, rsi, rdx, r10, r8, r9)
                 if res is DEFER:
-                    set_ip(v, r[7])                   # back onto the syscall
+                    set_ip(v, rip)                    # back onto the syscall
                     v.debug_stop = True
                     cpu.stop()
-                    return
-                if res is not None:
-                    entry.set_result(res)
+                    return NO_RESULT
                 if v.vcpu_info_pending():
                     deliver_event(v)
             else:
-                user_syscall(v, r[7])
+                user_syscall(v, rip)
         finally:
             v.in_syscall_hook = False
-        v.hook_exit()
+        if v.preempt_pending:
+            v.hook_exit()
+        return NO_RESULT if res is None else res & MASK64
 
     def on_interrupt(vector: int) -> None:
         do_trap(v, vector)
         v.hook_exit()
 
-    externs_ready()
-    entry = HypercallEntry(cpu, [REGS64[n] for n in ("rax", "rdi", "rsi", "rdx", "r10", "r8",
-                                                     "r9", "rip")],
-                           REGS64["rax"], None, on_syscall, on_interrupt)
+    HypercallEntry(cpu, [REGS64[n] for n in ("rax", "rdi", "rsi", "rdx", "r10", "r8", "r9",
+                                             "rip")],
+                   REGS64["rax"], None, on_syscall, on_interrupt)
     install_common_hooks(v, lambda: do_invalid_op(v))
 
 
