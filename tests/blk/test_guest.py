@@ -1,9 +1,10 @@
 """The blktest guest (lib/blkfront.c) against blkback, both widths.
 
 These run on a deterministic host.  On the wall-clock host this guest crashes now and
-then (roughly one run in five) with registers corrupted after a tick preemption (an
-asynchronous uc_emu_stop; the core's owners are working on it: X86Cpu.hook_lock), which
-would make these tests flaky for reasons outside blkif.
+then (one run in four to five, at 02:50 UTC: "the CPU stopped unexpectedly", before that
+registers corrupted after a tick preemption), a problem of the core's asynchronous
+preemption being worked on (Host._tick/_preempt), which would make these tests flaky
+for reasons outside blkif.
 """
 from __future__ import annotations
 
@@ -73,4 +74,5 @@ def test_blktest_read_only(det, image, width):
     assert "blktest: read-only: ok" in out and "blktest: PASS (" in out, out
     assert "first bytes ab 52 4f 21" in out
     assert image.read_bytes() == b"\xabRO!" * (1 << 20)
+
 

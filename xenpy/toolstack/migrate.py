@@ -125,6 +125,9 @@ class Policy:
     start_mbit: float = 100.0
     increment_mbit: float = 50.0
     max_mbit: float = 500.0
+    #: re-check every page not being resent against what was sent, catching host-side
+    #: writes nobody reported with domctl.mark_dirty (costs downtime: ~1.4 ms/MiB)
+    verify_unlogged: bool = True
 
     def stop_reason(self, rounds: int, remaining: int, sent: int, nr_pages: int) -> str | None:
         if remaining < self.min_remaining:
@@ -206,7 +209,7 @@ class _Conn:
 
 
 def migrate_domain(runner: HostRunner, d: "Domain", sock: socket.socket,
-                   policy: Policy | None = None, verify_unlogged: bool = True,
+                   policy: Policy | None = None,
                    progress: Callable[[str, int, int], None] | None = None,
                    reply_timeout: float = 60.0) -> MigrationStats:
     """Live-migrate ``d`` over the connected ``sock``; on success ``d`` is destroyed here
@@ -274,7 +277,7 @@ def migrate_domain(runner: HostRunner, d: "Domain", sock: socket.socket,
                 pfn = d.mem.m2p(mfn)
                 if pfn is not None:
                     last.add(pfn)
-            if verify_unlogged:
+            if policy.verify_unlogged:
                 rest = [p for p in range(len(d.p2m)) if p not in last]
                 extra = saver.changed_since_sent(rest)
                 stats.unlogged_pages = len(extra)
@@ -293,7 +296,6 @@ def migrate_domain(runner: HostRunner, d: "Domain", sock: socket.socket,
             raise RemoteProtocolError(f"receiver: expected READY, got {line[:200]!r}")
         conn.send(COMMIT)
         committed = True
-        runner.call(lambda: _release(d))
         try:
             line = conn.readline()
         except (OSError, ProtocolError) as e:
@@ -305,6 +307,7 @@ def migrate_domain(runner: HostRunner, d: "Domain", sock: socket.socket,
         stats.bytes_sent = conn.sent
         if line != RUNNING:
             log.warning("receiver answered %r after COMMIT", line[:200])
+        runner.call(lambda: _release(d))          # the paused copy here is now garbage
         return stats
     except (OSError, XenpyError, TimeoutError) as e:
         if committed:

@@ -117,9 +117,10 @@ class DomainSaver:
         if level is None:
             return raw
         d = self.d
-        entries = list(struct.unpack("<512Q", raw))
+        entries = struct.unpack("<512Q", raw)
         out = [0] * 512
         special = self.special_frames() if level == PageType.l1 else {}
+        owner, domid, p2m, m2p = mem.owner, d.domid, d.p2m, mem.m2p
         for r in _guest_slots(d, level, mfn):
             for i in r:
                 e = entries[i]
@@ -127,8 +128,8 @@ class DomainSaver:
                     out[i] = e
                     continue
                 target = (e & MADDR_MASK) >> PAGE_SHIFT
-                tpfn = mem.m2p(target) if mem.owner[target] == d.domid else None
-                if tpfn is not None and tpfn < len(d.p2m) and d.p2m[tpfn] == target:
+                tpfn = m2p(target) if owner[target] == domid else None
+                if tpfn is not None and tpfn < len(p2m) and p2m[tpfn] == target:
                     out[i] = (e & ~MADDR_MASK) | (tpfn << PAGE_SHIFT)
                 elif target in special:
                     out[i] = (e & ~MADDR_MASK) & ~_PAGE_PRESENT
@@ -348,6 +349,7 @@ class DomainRestorer:
         self.pv_info: X86PvInfo | None = None
         self.p2m_frames: X86PvP2mFrames | None = None
         self.types: dict[int, int] = {}
+        self.pt_pfns: set[int] = set()           # pfns whose last type is a page table
         self.shared_info: bytes | None = None
         self.contexts: dict[int, bytes] = {}
         self.ext: XenpyExtension | None = None
@@ -414,6 +416,10 @@ class DomainRestorer:
                 raise StreamError(f"PAGE_DATA pfn {pfn:#x}: Expected < {len(d.p2m):#x} "
                                   "(X86_PV_P2M_FRAMES' end_pfn + 1)")
             self.types[pfn] = ptype
+            if ptype & libxc.XEN_DOMCTL_PFINFO_LTABTYPE_MASK:
+                self.pt_pfns.add(pfn)
+            else:
+                self.pt_pfns.discard(pfn)
             if page is not None:
                 a = d.p2m[pfn] << PAGE_SHIFT
                 buf[a:a + PAGE_SIZE] = page
@@ -477,7 +483,8 @@ class DomainRestorer:
         special.update({f"gnttab:{i}": m for i, m in enumerate(d.grant_frames)})
         # localise page tables: pfn -> new mfn
         p2m = d.p2m
-        for pfn, ptype in self.types.items():
+        for pfn in self.pt_pfns:
+            ptype = self.types[pfn]
             level = _PFINFO_PT.get(ptype & ~libxc.XEN_DOMCTL_PFINFO_LPINTAB)
             if level is None:
                 continue
@@ -503,7 +510,7 @@ class DomainRestorer:
         per = PAGE_SIZE // width
         for k, fpfn in enumerate(self.p2m_frames.frames):
             chunk = p2m[k * per:(k + 1) * per]
-            mem.write(p2m[fpfn] << PAGE_SHIFT, b"".join(struct.pack(fmt, m) for m in chunk))
+            mem.write(p2m[fpfn] << PAGE_SHIFT, struct.pack(f"<{len(chunk)}{fmt[1]}", *chunk))
         d.store_mfn = p2m[int(info["store_pfn"])]
         d.console_mfn = p2m[int(info["console_pfn"])]
         si_addr = (p2m[int(info["start_info_pfn"])] << PAGE_SHIFT) | (d.start_info_va & (PAGE_SIZE - 1))
@@ -515,7 +522,8 @@ class DomainRestorer:
         del si
         # pin and validate, then the vCPUs (their CR3 and GDT references)
         top = PageType.l3 if d.width == Width.X86_32 else PageType.l4
-        for pfn, ptype in sorted(self.types.items(), key=lambda kv: -(kv[1] & 0x7 << 28)):
+        for pfn, ptype in sorted(((p, self.types[p]) for p in self.pt_pfns),
+                                 key=lambda kv: -(kv[1] & 0x7 << 28)):
             if ptype & libxc.XEN_DOMCTL_PFINFO_LPINTAB:
                 level = _PFINFO_PT[ptype & ~libxc.XEN_DOMCTL_PFINFO_LPINTAB]
                 try:

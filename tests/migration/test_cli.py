@@ -1,0 +1,59 @@
+"""`xenpy host --listen`, `xenpy save`, `xenpy restore` and `xenpy migrate` end to end:
+two `xenpy host` processes, a memtouch guest that checks its own memory (a failed check
+crashes it, and the host destroys crashed domains)."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from hostd.conftest import ROOT, HostProc, wait_for
+from xenpy.toolstack.control import decode_bytes
+
+KERNEL = ROOT / "guests" / "build" / "memtouch-x86_64.elf"
+
+
+@pytest.fixture
+def hosts(tmp_path):
+    procs = []
+    for n in ("a", "b"):
+        (tmp_path / n).mkdir()
+        procs.append(HostProc(tmp_path / n, ["--deterministic", "--listen", "127.0.0.1:0"]))
+    yield procs
+    for p in procs:
+        p.stop()
+
+
+def _passes(h: HostProc, name: str) -> int:
+    log = decode_bytes(h.call("console", dom=name)["log"], "log").decode()
+    assert "FAIL" not in log, log
+    found = re.findall(r"pass (\d+) ok", log)
+    return int(found[-1]) if found else 0
+
+
+def test_cli_migrate_save_and_restore(hosts, tmp_path):
+    a, b = hosts
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", b.banner["XENPY_MIGRATION"])
+    cfg = tmp_path / "mt.cfg"
+    cfg.write_text(f'name = "mt"\nkernel = "{KERNEL}"\nmemory = 32\n'
+                   'extra = "ws=256 passes=0 report=20"\n')
+    a.xenpy("create", str(cfg))
+    wait_for(lambda: _passes(a, "mt") >= 20, "memtouch running on A")
+    out = a.xenpy("migrate", "mt", b.banner["XENPY_MIGRATION"], "--json", timeout=120)
+    stats = json.loads(out.stdout)
+    assert stats["rounds"][0]["pages_sent"] > 8000 and stats["downtime_s"] > 0
+    assert "round 1" in out.stderr                # the progress bar
+    assert "mt" not in a.rows()
+    wait_for(lambda: _passes(b, "mt") >= 40, "memtouch continuing on B")
+    save = tmp_path / "mt.save"
+    b.xenpy("save", "mt", str(save))
+    assert "mt" not in b.rows() and save.stat().st_size > 32 << 20
+    a.xenpy("restore", str(save))
+    n = _passes(a, "mt")
+    wait_for(lambda: _passes(a, "mt") >= n + 40, "memtouch continuing after restore")
+    bad = tmp_path / "bad.save"
+    bad.write_bytes(save.read_bytes()[:4096])
+    proc = a.xenpy("restore", str(bad), check=False)
+    assert proc.returncode != 0 and "truncated" in proc.stderr
