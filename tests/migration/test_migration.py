@@ -51,7 +51,7 @@ def test_vcpu_guest_context_matches_xen_h(tmp_path, bits):
     C = domctl.vcpu_guest_context(Width.X86_32 if bits == 32 else Width.X86_64)
     names = [f[0] for f in C._fields_]
     regs = [f[0] for f in C._fields_[2][1]._fields_ if not f[0].startswith("_")]
-    lines = [f'printf("size %zu\\n", sizeof(struct vcpu_guest_context));']
+    lines = ['printf("size %zu\\n", sizeof(struct vcpu_guest_context));']
     for n in names:
         lines.append(f'printf("{n} %zu\\n", offsetof(struct vcpu_guest_context, {n}));')
     for n in regs:
@@ -80,17 +80,25 @@ def test_save_restore_round_trip_on_a_host_with_other_free_frames(tmp_path, widt
     a.run([d], timeout=60, until=lambda: b"pass 2 ok" in d.console_log)
     assert b"pass 2 ok" in d.console_log and b"pass 3" not in d.console_log
     domctl.pause(d)
+    a.xenstored.write(f"/local/domain/{d.domid}/data/probe", "kept", [f"n{d.domid}"])
+    ports = {p: (ch.state.name, ch.remote_domid) for p, ch in enumerate(d.evtchn.ports)
+             if p and ch.state.name != "free"}
     path = tmp_path / "mt.save"
     sr.save_domain(d, path)
     old_p2m = list(d.p2m)
     b = Host(128, deterministic=True)
-    filler = b.create_domain("filler", _w, 4)
+    filler = b.create_domain("filler", _w, 4)         # so the restored domid differs too
     filler.paused = True
     filler.populate(777)                       # B's free frames differ from A's
     d2 = sr.restore_domain(b, path)
     assert d2.name == "mt" and d2.paused
-    assert not set(old_p2m[:4000]) & set(d2.p2m[:4000]) or d2.p2m != old_p2m
     assert d2.p2m != old_p2m
+    assert d2.domid != d.domid
+    assert b.xenstored.read(f"/local/domain/{d2.domid}/data/probe") == b"kept"
+    assert b.xenstored.get_perms(f"/local/domain/{d2.domid}/data/probe") == [f"n{d2.domid}"]
+    assert {p: (ch.state.name, ch.remote_domid) for p, ch in enumerate(d2.evtchn.ports)
+            if p and ch.state.name != "free"} == ports       # same ports, same states
+    assert d2.store_port == d.store_port and d2.console_port == d.console_port
     from xenpy.hv.mm import audit
     assert audit(b) == []
     domctl.unpause(d2)

@@ -104,6 +104,7 @@ class X86Cpu:
         # uc_emu_stop landing while a hook rewrites the PC corrupts the vCPU (unicorn
         # issues #1355/#1356).  Re-entrant: hooks may stop their own CPU.
         self.hook_lock = threading.RLock()
+        self.stop_requested = False     # a stop of ours ended the last run (see run())
         self.hypercall_regs = BatchRegs(self._h, [self.regs[r] for r in HYPERCALL_REGS[width]])
 
     @property
@@ -237,6 +238,8 @@ class X86Cpu:
         if self._ctx_old.value != -1:
             self._ctx_old.value = -1
             uclib.uc_context_restore(self._h, self._ctx)
+        with self.hook_lock:
+            self.stop_requested = False
         err = uclib.uc_emu_start(self._h, begin, until, 0, 0)
         exc, self.hook_error = self.hook_error, None
         if exc is not None:
@@ -248,6 +251,7 @@ class X86Cpu:
         """Ask the CPU to stop at the next block boundary.  Thread-safe: it waits for a
         running hook of this CPU to finish first."""
         with self.hook_lock:
+            self.stop_requested = True
             uclib.uc_emu_stop(self._h)
 
     def flush_tlb(self) -> None:

@@ -79,6 +79,22 @@ class EventChannels:
         self.ports[p] = Channel(ECS.interdomain, remote_domid=0, remote_port=p, backend=callback)
         return p
 
+    def bind_backend_port(self, port: int, callback: Callable[[], None]) -> bool:
+        """dom0's EVTCHNOP_bind_interdomain to a port the guest offered to dom0, with the
+        host standing in for dom0: the peer end becomes ``callback``."""
+        ch = self.get(port)
+        if ch is None or ch.state != ECS.unbound or ch.remote_domid != 0:
+            return False
+        self.ports[port] = Channel(ECS.interdomain, vcpu=ch.vcpu, remote_domid=0,
+                                   remote_port=port, backend=callback)
+        return True
+
+    def unbind_backend_port(self, port: int) -> None:
+        """dom0 closed its end: the guest's port is unbound again (and the guest's to close)."""
+        ch = self.get(port)
+        if ch is not None and ch.state == ECS.interdomain and ch.backend is not None:
+            self.ports[port] = Channel(ECS.unbound, vcpu=ch.vcpu, remote_domid=0)
+
     # --- the operations (0 / port on success, -errno otherwise) -----------------------------
     def _peer(self, domid: int) -> "Domain | None":
         from ..abi.xen import DOMID_SELF

@@ -6,6 +6,7 @@ Python objects here that reach guests only through shared pages and event channe
 """
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -22,7 +23,7 @@ from .domain import Domain
 from .layout import SEL_RING0_CS, SEL_RING0_DS, SEL_TSS, DomainLayout32, HostLayout32
 from .layout64 import DomainLayout64, HostLayout64
 from .machine import MachineMemory
-from .schedule import QUANTUM, Scheduler
+from .schedule import LONE_QUANTUM, QUANTUM, Scheduler
 from .vcpu import Vcpu
 
 log = logging.getLogger("xenpy.host")
@@ -66,6 +67,9 @@ class Host:
         self.slices = 0                            # vCPU slices run (statistics)
         self._wake_requested = False
         self._deadline: float | None = None
+        self._slice_started = 0.0
+        self._soon: collections.deque[Callable[[], None]] = collections.deque()
+        self.blkback = None                        # started on first use (toolstack/disk.py)
         self._ticker: threading.Thread | None = None
         self._ticking = False
         self.hv_console: list[bytes] = []
@@ -167,6 +171,19 @@ class Host:
         self._wakeup.set()
 
     # --- scheduling --------------------------------------------------------------------------
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the scheduler thread (backends' worker threads use this)."""
+        self._soon.append(fn)
+        self.wake()
+
+    @property
+    def calls_pending(self) -> bool:
+        return bool(self._soon)
+
+    def run_soon_calls(self) -> None:
+        while self._soon:
+            self._soon.popleft()()
+
     def wake(self) -> None:
         """Get the scheduler loop's attention (a control request, console input...):
         wake it if idle, have the running vCPU give the CPU back soon otherwise."""
@@ -199,7 +216,12 @@ class Host:
             if self.scheduler.deterministic:
                 continue
             v = self._current
-            if v is None or not self._cpu_wanted(v):
+            if v is None:
+                continue
+            # A lone vCPU is still preempted now and then: the Python side (signal
+            # handlers, Ctrl-C, a daemon's until()) only runs between slices.
+            if not self._cpu_wanted(v) and \
+                    time.monotonic() - self._slice_started < LONE_QUANTUM:
                 continue
             if v.preempt_pending:
                 self._preempt(v)
@@ -208,7 +230,7 @@ class Host:
 
     def _cpu_wanted(self, v: Vcpu) -> bool:
         """Does anything but ``v`` need the scheduler (ticker thread, read-only)?"""
-        if self._wake_requested:
+        if self._wake_requested or self._soon:
             return True
         if self._deadline is not None and time.monotonic() >= self._deadline:
             return True
@@ -270,6 +292,7 @@ class Host:
     def _schedule_once(self, deadline: float | None) -> None:
         """Fire due timers, then run one slice of the chosen vCPU, or idle."""
         from . import time as xtime
+        self.run_soon_calls()
         clock = self.clock
         now = clock.now()
         for t in self.timers.expire(now):
@@ -318,6 +341,7 @@ class Host:
             self._preempted = False
             v.preempt_pending = False
             self._current = v
+            self._slice_started = time.monotonic()
         t0 = time.perf_counter_ns()
         try:
             v.run_slice()
@@ -342,11 +366,14 @@ class Host:
         if v.denied_io is not None:
             emul_priv_op.finish_denied_io(v)
             return
-        if not (self._preempted or v.yielded or v.blocked or not d.runnable):
+        if not (v.cpu.stop_requested or self._preempted or not d.runnable):
             ip = v.cpu.reg("eip" if d.width == Width.X86_32 else "rip")
             d.crash(f"the CPU stopped unexpectedly at {ip:#x} (triple fault?)")
 
     def close(self) -> None:
+        if self.blkback is not None:
+            self.blkback.close()
+            self.blkback = None
         for d in list(self.domains.values()):
             self.destroy_domain(d)
         if self.xs_server is not None:

@@ -207,11 +207,9 @@ def absolute_spec(spec: str, base: str) -> str:
 def blkback_for(host: "Host") -> "BlkBack":
     """The host's blkback, started on first use (a dom0 driver loaded on demand)."""
     from ..backends.blkback import BlkBack
-    bb = getattr(host, "blkback", None)
-    if bb is None:
-        bb = BlkBack(host)
-        host.blkback = bb           # type: ignore[attr-defined]
-    return bb
+    if host.blkback is None:
+        host.blkback = BlkBack(host)
+    return host.blkback
 
 
 def attach_disks(host: "Host", domid: int, specs: Iterable[str]) -> list[DiskSpec]:

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..abi.xen import Width
 from ..errors import BuildError
 from .builder import SUPPORTED_TYPES, build_pv_domain
 from .elf import load_xen_elf

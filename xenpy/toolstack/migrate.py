@@ -576,10 +576,18 @@ class HostdMigration:
     def _receive(self, conn: socket.socket) -> None:
         with conn:
             try:
-                receive_domain(self.runner, conn)
+                d = receive_domain(self.runner, conn)
             except (OSError, XenpyError, TimeoutError) as e:
                 self.errors.append(str(e))
                 log.warning("incoming migration failed: %s", e)
+                return
+            self._adopt(d)
+
+    def _adopt(self, d: "Domain") -> None:
+        """Let the daemon carry out this domain's shutdown actions, as for `create`."""
+        d.on_shutdown.append(self.daemon._on_shutdown)
+        if d.finished:
+            self.runner.call(lambda: self.daemon._on_shutdown(d))
 
     def close(self) -> None:
         if self.listener is not None:
@@ -604,6 +612,7 @@ class HostdMigration:
     def _op_restore(self, client, req) -> dict:
         from .save_restore import restore_domain
         d = restore_domain(self.daemon.host, str(req.args["file"]), req.args.get("name"))
+        d.on_shutdown.append(self.daemon._on_shutdown)
         if not req.args.get("paused"):
             domctl.unpause(d)
         return {"domid": d.domid, "name": d.name}

@@ -521,7 +521,6 @@ class DomainRestorer:
         si.console.domU.mfn = d.console_mfn
         del si
         # pin and validate, then the vCPUs (their CR3 and GDT references)
-        top = PageType.l3 if d.width == Width.X86_32 else PageType.l4
         for pfn, ptype in sorted(((p, self.types[p]) for p in self.pt_pfns),
                                  key=lambda kv: -(kv[1] & 0x7 << 28)):
             if ptype & libxc.XEN_DOMCTL_PFINFO_LPINTAB:
@@ -532,7 +531,6 @@ class DomainRestorer:
                     raise StreamError(f"PAGE_DATA pinned L{level} table pfn {pfn:#x}: Expected "
                                       f"a table that validates, got {e}") from None
                 mem.pinned[p2m[pfn]] = 1
-        del top
         for vid, ctx in sorted(self.contexts.items()):
             if vid >= len(d.vcpus):
                 raise StreamError(f"X86_PV_VCPU_BASIC vcpu_id: Expected < {len(d.vcpus)}, got {vid}")

@@ -26,18 +26,15 @@ requests are taken, as Linux's blkback does).  ``Image`` re-checks every range.
 """
 from __future__ import annotations
 
-import collections
 import logging
 import queue
 import threading
-import types
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from ...abi.io import blkif as B
 from ...abi.io import ring as R
 from ...hv import grant_table as gnttab
-from ...hv.event_channel import ECS, Channel
 from . import protocol as P
 from .image import Image
 
@@ -52,42 +49,21 @@ MAX_PERSISTENT_GRANTS = 1056
 
 
 class HostCalls:
-    """Run callables on the host's scheduler thread, from any thread.
-
-    The host loop has no call-soon queue, so this arms a due timer whose "vCPU" is this
-    object: the loop fires due timers first thing in each iteration, and a ``wake`` timer
-    just calls ``kick()``.  When no loop runs (unit tests), ``run_pending()`` drains.
-    """
+    """Run callables on the host's scheduler thread, from any thread (Host.call_soon);
+    ``run_pending()`` drains them when no scheduler loop runs (unit tests)."""
 
     def __init__(self, host: "Host") -> None:
         self.host = host
-        self.domain = types.SimpleNamespace(dying=False)     # what time.fire looks at
-        self.poll_timer = None
-        self._q: collections.deque[Callable[[], None]] = collections.deque()
-        self._lock = threading.Lock()
-        self._armed = False
 
     def call_soon(self, fn: Callable[[], None]) -> None:
-        self._q.append(fn)
-        with self._lock:
-            if self._armed:
-                return
-            self._armed = True
-        self.host.timers.add(self, self.host.clock.now(), "wake")    # type: ignore[arg-type]
-        self.host.wake()
+        self.host.call_soon(fn)
 
     @property
     def pending(self) -> bool:
-        return bool(self._q)
-
-    def kick(self) -> None:          # called by time.fire on the scheduler thread
-        self.run_pending()
+        return self.host.calls_pending
 
     def run_pending(self) -> None:
-        with self._lock:
-            self._armed = False
-        while self._q:
-            self._q.popleft()()
+        self.host.run_soon_calls()
 
 
 @dataclass
@@ -156,21 +132,11 @@ class Worker:
 
 
 def bind_backend_port(d: "Domain", port: int, callback: Callable[[], None]) -> bool:
-    """Bind dom0's end of the frontend's unbound port ``port`` to ``callback``
-    (EVTCHNOP_bind_interdomain as dom0, with the host standing in for dom0)."""
-    ch = d.evtchn.get(port)
-    if ch is None or ch.state != ECS.unbound or ch.remote_domid != 0:
-        return False
-    d.evtchn.ports[port] = Channel(ECS.interdomain, vcpu=ch.vcpu, remote_domid=0,
-                                   remote_port=port, backend=callback)
-    return True
+    return d.evtchn.bind_backend_port(port, callback)
 
 
 def unbind_backend_port(d: "Domain", port: int) -> None:
-    """dom0 closed its end: the guest's port is unbound again (and the guest's to close)."""
-    ch = d.evtchn.get(port)
-    if ch is not None and ch.state == ECS.interdomain and ch.backend is not None:
-        d.evtchn.ports[port] = Channel(ECS.unbound, vcpu=ch.vcpu, remote_domid=0)
+    d.evtchn.unbind_backend_port(port)
 
 
 @dataclass
