@@ -23,7 +23,7 @@ from .domain import Domain
 from .layout import SEL_RING0_CS, SEL_RING0_DS, SEL_TSS, DomainLayout32, HostLayout32
 from .layout64 import DomainLayout64, HostLayout64
 from .machine import MachineMemory
-from .schedule import LONE_QUANTUM, QUANTUM, Scheduler
+from .schedule import QUANTUM, REALTIME_SLICE_BLOCKS, SLICE_BLOCKS, Scheduler
 from .vcpu import Vcpu
 
 log = logging.getLogger("xenpy.host")
@@ -52,7 +52,8 @@ class Host:
         self.clock = VirtualClock() if deterministic else RealClock()
         self.wallclock_base_ns = 0 if deterministic else time.time_ns()
         self.timers = TimerQueue()
-        self.scheduler = Scheduler(deterministic)
+        self.scheduler = Scheduler(deterministic,
+                                   SLICE_BLOCKS if deterministic else REALTIME_SLICE_BLOCKS)
         self.layout32 = HostLayout32.create(self.mem)
         self.layout64: HostLayout64 | None = None      # built with the first 64-bit domain
         self.domains: dict[int, Domain] = {}
@@ -68,6 +69,7 @@ class Host:
         self._wake_requested = False
         self._deadline: float | None = None
         self._slice_started = 0.0
+        self._until_given = False
         self._soon: collections.deque[Callable[[], None]] = collections.deque()
         self.blkback = None                        # started on first use (toolstack/disk.py)
         self._ticker: threading.Thread | None = None
@@ -202,15 +204,19 @@ class Host:
         vCPUs is running outside a hypercall, stop it so the upcall is delivered now."""
         self._wakeup.set()
         cur = self._current
-        if cur is not None and cur.domain is d:
-            self._preempt(cur, unless_in_hypercall=True)
+        if cur is not None and cur.domain is d and not (cur.in_hypercall or cur.in_syscall_hook):
+            cur.preempt_pending = True     # delivered when it next enters the hypervisor
 
     def _tick(self) -> None:
-        """Real-time slices.  A stop from this thread can corrupt a vCPU whose hook is
-        rewriting the PC (unicorn #1355), so preemption is cooperative first: the flag
-        makes the vCPU stop itself at its next hook (Vcpu.hook_exit); only a vCPU that
-        entered no hook for a whole quantum (pure computation) is stopped from here.
-        Nobody is preempted while nothing else needs the CPU."""
+        """Real-time preemption, without ever stopping a vCPU from this thread.
+
+        A uc_emu_stop from another thread makes Unicorn abandon the running block without
+        re-syncing the PC from it (cpu_tb_exec skips synchronize_from_tb when stop_request
+        is set): the vCPU resumes at a stale PC and re-executes code.  Stops made inside a
+        hook are safe (the hook synced the PC).  So the ticker only sets a flag: the vCPU
+        gives the CPU back at its next hook (Vcpu.hook_exit), and a slice that must end
+        anyway carries a C block budget (see _run_vcpu).  The one asynchronous stop left
+        is the run's deadline, after which the vCPU is not resumed without a warning."""
         while self._ticking:
             time.sleep(QUANTUM)
             if self.scheduler.deterministic:
@@ -218,15 +224,14 @@ class Host:
             v = self._current
             if v is None:
                 continue
-            # A lone vCPU is still preempted now and then: the Python side (signal
-            # handlers, Ctrl-C, a daemon's until()) only runs between slices.
-            if not self._cpu_wanted(v) and \
-                    time.monotonic() - self._slice_started < LONE_QUANTUM:
-                continue
-            if v.preempt_pending:
-                self._preempt(v)
-            else:
+            if self._cpu_wanted(v):
                 v.preempt_pending = True
+            if self._deadline is not None and time.monotonic() >= self._deadline + QUANTUM:
+                with v.cpu.hook_lock:
+                    if self._current is v:
+                        v.async_stopped = True
+                        self._preempted = True
+                        v.cpu.stop()
 
     def _cpu_wanted(self, v: Vcpu) -> bool:
         """Does anything but ``v`` need the scheduler (ticker thread, read-only)?"""
@@ -252,17 +257,14 @@ class Host:
         self._preempted = True
         v.cpu.stop()
 
-    def _preempt(self, v: Vcpu, unless_in_hypercall: bool = False) -> None:
-        """Stop ``v`` if it is still the running vCPU.  Takes v's hook lock, so the stop
-        never lands while one of its hooks runs (they rewrite the PC: unicorn #1355) and
-        never hits a later slice than the one it was meant for."""
-        with v.cpu.hook_lock:
-            if self._current is not v:
-                return
-            if unless_in_hypercall and (v.in_hypercall or v.in_syscall_hook):
-                return             # the hypercall exit path delivers the event itself
-            self._preempted = True
-            v.cpu.stop()
+    def _needs_budget(self, v: Vcpu) -> bool:
+        """Must this slice end by itself?  Yes when anything else may need the CPU: other
+        domains, a timer of v's, a daemon's until(), the deterministic clock.  A lone vCPU
+        runs without the per-block hook, at full speed."""
+        if self.scheduler.deterministic or self._until_given or v.singleshot or v.periodic:
+            return True
+        return any(d is not v.domain and not d.finished for d in self.domains.values()) or \
+            len([w for w in v.domain.vcpus if w.online]) > 1
 
     def run(self, domains: Iterable[Domain] | None = None, timeout: float | None = None,
             until: Callable[[], bool] | None = None) -> bool:
@@ -271,6 +273,7 @@ class Host:
         targets = list(domains) if domains is not None else list(self.domains.values())
         deadline = None if timeout is None else time.monotonic() + timeout
         self._deadline = deadline
+        self._until_given = until is not None
         self._ticking = True
         self._ticker = threading.Thread(target=self._tick, name="xenpy-tick", daemon=True)
         self._ticker.start()
@@ -332,11 +335,17 @@ class Host:
         xtime.update_vcpu_time(v)
         if v.vcpu_info_pending() and not v.pending_user:
             (traps64 if d.width == Width.X86_64 else traps).deliver_event(v)
-        budget = None
-        if self.scheduler.deterministic:
+        if v.async_stopped:
+            log.warning("d%d v%d resumes after an asynchronous stop: its state may be "
+                        "inconsistent (Unicorn does not re-sync the PC)", d.domid, v.vcpu_id)
+            v.async_stopped = False
+        budget = v.existing_budget
+        if self._needs_budget(v):
             budget = v.block_budget()
-            before = budget.blocks
             budget.arm(self.scheduler.slice_blocks)
+        elif budget is not None:
+            budget.arm(0)                  # the hook stays (see block_budget), unarmed
+        before = budget.blocks if budget is not None else 0
         with v.cpu.hook_lock:              # see _preempt
             self._preempted = False
             v.preempt_pending = False
@@ -353,12 +362,12 @@ class Host:
                 self._current = None
             elapsed = time.perf_counter_ns() - t0
             d.cpu_time += elapsed / 1e9
-        if budget is not None:
+        if budget is not None and budget.expired:
+            self._preempted = True
+        if self.scheduler.deterministic:
             ran = budget.blocks - before
             self.clock.advance(ran * xtime.NS_PER_BLOCK)
             self.scheduler.charge(v, ran * xtime.NS_PER_BLOCK)
-            if budget.expired:
-                self._preempted = True
         else:
             self.scheduler.charge(v, elapsed)
         if v.debug_stop:

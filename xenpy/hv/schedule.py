@@ -7,9 +7,10 @@ CPU, 0 = none) parks a domain for the rest of a 30 ms accounting period once it 
 used its share.  A blocked vCPU is never picked and costs nothing: the host sleeps.
 
 Two modes:
-* real time — a slice ends after QUANTUM of wall time when anything else needs the CPU
-  (another vCPU, a due timer, the toolstack), else after LONE_QUANTUM; the vCPU gives
-  the CPU back itself at its next hook (see Host._tick for why);
+* real time — when anything else may need the CPU a slice carries the block budget too
+  (time is still wall time), and the ticker asks the vCPU to give the CPU back at its
+  next hook; a lone vCPU runs hook-free (see Host._tick for why stops are never
+  asynchronous);
 * deterministic — a slice is a budget of basic blocks counted by a C block hook, and
   the clock is virtual (time.VirtualClock), so two runs of the same guests give the
   same interleaving and the same output.
@@ -25,9 +26,9 @@ if TYPE_CHECKING:
 
 DEFAULT_WEIGHT = 256
 PERIOD_NS = 30_000_000
-SLICE_BLOCKS = 20_000
+SLICE_BLOCKS = 20_000               # deterministic slices (0.2 ms of virtual time)
+REALTIME_SLICE_BLOCKS = 200_000     # the bound on a real-time slice (~10 ms of guest code)
 QUANTUM = 0.01
-LONE_QUANTUM = 0.1      # a vCPU nobody else waits for still yields to the host this often
 
 
 @dataclass

@@ -87,6 +87,7 @@ class Vcpu:
         self._budget = None
         self._vi_flags = None
         self.preempt_pending = False       # the scheduler asked for the CPU back
+        self.async_stopped = False         # stopped from another thread (PC may be stale)
         self.denied_io = None              # register snapshot of a port I/O to fault (#GP)
         self._wake = threading.Event()
         if domain.width == Width.X86_32:
@@ -145,11 +146,17 @@ class Vcpu:
         eip = self.cpu.reg("eip" if self.domain.width == Width.X86_32 else "rip")
         self.cpu.run(eip, UNTIL32 if self.domain.width == Width.X86_32 else 0xFFFFFFFFFFFFFFF0)
 
+    @property
+    def existing_budget(self):
+        return self._budget
+
     def block_budget(self):
         """The C block counter used for deterministic slices (created on first use)."""
         if self._budget is None:
             from ..cpu.chooks import BlockBudget
             self._budget = BlockBudget(self.cpu.handle)
+            # Blocks translated before the hook existed would never call it.
+            self.cpu.uc.ctl_flush_tb()
         return self._budget
 
     def close(self) -> None:
