@@ -139,6 +139,11 @@ class X86Cpu:
         # flags are raw descriptor bits 8-23: 0x89 there aborts the process (notes §8).
         self.uc.reg_write(x86.UC_X86_REG_TR, (selector, base, limit, 0x8900))
 
+    def set_ldtr(self, selector: int, base: int, limit: int) -> None:
+        """Load LDTR (flags are raw descriptor bits 8-23: present, type 2 = LDT)."""
+        self.uc.reg_write(x86.UC_X86_REG_LDTR, (selector, base, limit,
+                                                0x8200 if selector else 0))
+
     def read_msr(self, msr: int) -> int:
         return self.uc.msr_read(msr)
 

@@ -15,20 +15,6 @@ if TYPE_CHECKING:
     from .vcpu import Vcpu
 
 
-def _validate_frame(v: "Vcpu", mfn: int) -> bool:
-    mem = v.domain.mem
-    base = mfn << PAGE_SHIFT
-    rpl = 1 if v.domain.width == Width.X86_32 else 3
-    for i in range(512):
-        raw = mem.read(base + 8 * i, 8)
-        fixed = check_descriptor(raw, rpl)
-        if fixed is None:
-            return False
-        if fixed != raw:
-            mem.write(base + 8 * i, fixed)
-    return True
-
-
 @hypercall("set_gdt", 2)
 def do_set_gdt(v: "Vcpu", frame_list: int, entries: int) -> int:
     d = v.domain
@@ -39,7 +25,7 @@ def do_set_gdt(v: "Vcpu", frame_list: int, entries: int) -> int:
     taken = []
     try:
         for mfn in mfns:
-            if not d.owns(mfn) or (d.mem.type_count[mfn] == 0 and not _validate_frame(v, mfn)):
+            if not d.owns(mfn):
                 raise PageError(Errno.EINVAL, f"bad GDT frame {mfn:#x}")
             get_page_type(d, mfn, PageType.seg_desc)
             taken.append(mfn)

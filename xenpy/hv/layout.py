@@ -38,6 +38,10 @@ SEL_RING0_CS = 0xE008
 SEL_RING0_DS = 0xE010
 SEL_TSS = 0xE038
 SEL_CALL_GATE = 0xE040
+SEL_LDT = 0xE048
+LDT_TYPE = 0x2                     # system descriptor type: LDT
+LDT_PAGES = 16                     # 64 KiB: the most an LDT can hold (8192 entries)
+LDT_FIRST_PAGE = 32                # in the TSS L1, after the vCPUs' TSS pages
 L2_HV_PROT = _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY | _PAGE_USER
 L1_RO = _PAGE_PRESENT | _PAGE_ACCESSED
 L1_RO_USER = L1_RO | _PAGE_USER
@@ -126,6 +130,25 @@ class DomainLayout32:
             mfn = mfns[p] if p < len(mfns) else self.host.zero_mfn
             mem.write_u64((self.gdt_l1 << PAGE_SHIFT) + 8 * (v * 16 + p),
                           (mfn << PAGE_SHIFT) | L1_RO)
+
+    def set_ldt(self, mem: MachineMemory, v: int, mfns: list[int]) -> tuple[int, bytes]:
+        """Map vCPU v's LDT frames read-only at ldt_va(v); return (selector, descriptor)
+        of the LDT descriptor to load (0 when there is no LDT)."""
+        l1 = (self.tss_l1 << PAGE_SHIFT) + 8 * (LDT_FIRST_PAGE + v * LDT_PAGES)
+        for p in range(LDT_PAGES):
+            mem.write_u64(l1 + 8 * p, (mfns[p] << PAGE_SHIFT) | L1_RO if p < len(mfns) else 0)
+        base = self.gdt_reserved[v] << PAGE_SHIFT
+        if not mfns:
+            mem.write(base + (SEL_LDT & 0xFF8), bytes(8))
+            return 0, bytes(8)
+        raw = desc.segment(self.ldt_va(v), len(mfns) * PAGE_SIZE - 1, LDT_TYPE, 0, s=False,
+                           db=False, g=False)
+        mem.write(base + (SEL_LDT & 0xFF8), raw)
+        return SEL_LDT, raw
+
+    @staticmethod
+    def ldt_va(v: int) -> int:
+        return TSS_VA + (LDT_FIRST_PAGE + v * LDT_PAGES) * PAGE_SIZE
 
     def set_ring1_stack(self, mem: MachineMemory, v: int, ss: int, esp: int) -> None:
         """TSS.ss1:esp1 — where the call gate switches the stack (the guest's stack_switch)."""

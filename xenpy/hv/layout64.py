@@ -31,6 +31,9 @@ GDT_VA = HV_VA + 0x10000                               # L1 index 16 onwards
 GDT_SIZE = 16 * PAGE_SIZE
 SEL_RING0_CS64 = 0xE008
 SEL_RING0_DS = 0xE010
+SEL_LDT64 = 0xE040                 # 16-byte system descriptor (0xe040-0xe04f)
+LDT_PAGES = 16
+LDT_VA = HV_VA + 0x200000          # its own L1 under L2 slot 1 (the GDTs fill the first)
 UPPER = _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY | _PAGE_USER
 L1_RO_USER = _PAGE_PRESENT | _PAGE_ACCESSED | _PAGE_USER
 
@@ -65,18 +68,20 @@ class DomainLayout64:
     frames: list[int]
     gdt_reserved: list[int]
     fw_mfn: int
+    ldt_l1: int
 
     @classmethod
     def create(cls, mem: MachineMemory, host: HostLayout64, nr_vcpus: int) -> "DomainLayout64":
         if not 1 <= nr_vcpus <= min(XEN_LEGACY_MAX_VCPUS, 31):
             raise ValueError(f"vcpus: expected 1..31, got {nr_vcpus}")
-        l3, l2, l1, fw = mem.alloc_xen_frames(4)
+        l3, l2, l1, fw, ldt_l1 = mem.alloc_xen_frames(5)
         reserved = mem.alloc_xen_frames(nr_vcpus)
         mem.write_u64(l3 << PAGE_SHIFT, (l2 << PAGE_SHIFT) | UPPER)
         mem.write_u64(l2 << PAGE_SHIFT, (l1 << PAGE_SHIFT) | UPPER)
+        mem.write_u64((l2 << PAGE_SHIFT) + 8, (ldt_l1 << PAGE_SHIFT) | UPPER)
         mem.write(fw << PAGE_SHIFT, bytes(host.firmware.pages["supervisor"]))
         mem.write_u64(l1 << PAGE_SHIFT, (fw << PAGE_SHIFT) | L1_RO_USER)
-        self = cls(host, l3, l1, [l3, l2, l1, fw, *reserved], reserved, fw)
+        self = cls(host, l3, l1, [l3, l2, l1, fw, ldt_l1, *reserved], reserved, fw, ldt_l1)
         for v in range(nr_vcpus):
             base = reserved[v] << PAGE_SHIFT
             entries = {
@@ -103,6 +108,27 @@ class DomainLayout64:
             else:
                 mfn = self.host.zero_mfn
             mem.write_u64(self._gdt_slot(v, p), (mfn << PAGE_SHIFT) | L1_RO_USER)
+
+    def set_ldt(self, mem: MachineMemory, v: int, mfns: list[int]) -> tuple[int, bytes]:
+        """Map vCPU v's LDT frames read-only at ldt_va(v); return (selector, 16-byte LDT
+        descriptor) to load (0 when there is no LDT)."""
+        first = v * LDT_PAGES
+        for p in range(LDT_PAGES):
+            mem.write_u64((self.ldt_l1 << PAGE_SHIFT) + 8 * (first + p),
+                          (mfns[p] << PAGE_SHIFT) | L1_RO_USER if p < len(mfns) else 0)
+        base = self.gdt_reserved[v] << PAGE_SHIFT
+        if not mfns:
+            mem.write(base + (SEL_LDT64 & 0xFF8), bytes(16))
+            return 0, bytes(16)
+        va = self.ldt_va(v)
+        raw = desc.segment(va & 0xFFFFFFFF, len(mfns) * PAGE_SIZE - 1, 0x2, 0, s=False,
+                           db=False, g=False) + (va >> 32).to_bytes(8, "little")
+        mem.write(base + (SEL_LDT64 & 0xFF8), raw)
+        return SEL_LDT64, raw
+
+    @staticmethod
+    def ldt_va(v: int) -> int:
+        return LDT_VA + v * LDT_PAGES * PAGE_SIZE
 
     def l4_entries(self) -> dict[int, int]:
         entries = {s: 0 for s in range(FIRST_XEN_L4_SLOT, LAST_XEN_L4_SLOT + 1)}

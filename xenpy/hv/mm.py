@@ -113,6 +113,9 @@ def get_page_type(d: "Domain", mfn: int, type_: int, foreign_ok: bool = False) -
                             and mem.valid_mfn(mfn))):
         raise PageError(Errno.EINVAL, f"mfn {mfn:#x} is not owned by d{d.domid}")
     if mem.type_count[mfn] == 0:
+        if type_ == PageType.seg_desc and not _validate_segdesc_page(d, mfn):
+            raise PageError(Errno.EINVAL, f"mfn {mfn:#x} holds a descriptor a PV guest "
+                                          "may not install")
         mem.type[mfn] = type_
         if type_ in PT_TYPES:
             # Typed (tentatively) while its entries are validated, as Xen's PGT_partial:
@@ -130,6 +133,23 @@ def get_page_type(d: "Domain", mfn: int, type_: int, foreign_ok: bool = False) -
         raise PageError(Errno.EINVAL, f"mfn {mfn:#x} has type "
                         f"{PageType.NAMES[mem.type[mfn]]}, not {PageType.NAMES[type_]}")
     mem.type_count[mfn] += 1
+
+
+def _validate_segdesc_page(d: "Domain", mfn: int) -> bool:
+    """alloc_segdesc_page(): every descriptor of a GDT/LDT frame passes check_descriptor
+    (which may raise the DPL to the guest kernel's ring and sets the accessed bit)."""
+    from .descriptor import check_descriptor
+    base = mfn << PAGE_SHIFT
+    rpl = 1 if d.width == Width.X86_32 else 3
+    raw = d.mem.read(base, PAGE_SIZE)
+    fixed = []
+    for i in range(0, PAGE_SIZE, 8):
+        f = check_descriptor(raw[i:i + 8], rpl)
+        if f is None:
+            return False
+        fixed.append(f)
+    d.mem.write(base, b"".join(fixed))
+    return True
 
 
 def put_page_type(d: "Domain", mfn: int) -> None:
@@ -697,7 +717,20 @@ def set_ldt(v: "Vcpu", base: int, ents: int) -> int:
         put_page_and_type(d, mfn)
     v.ldt_frames = frames
     v.ldt = (base, ents)
+    load_ldt(v)
     return 0
+
+
+def load_ldt(v: "Vcpu") -> None:
+    """Map the LDT frames in the hypervisor's area and point the CPU's LDTR at them."""
+    d = v.domain
+    frames = getattr(v, "ldt_frames", [])
+    sel, _raw = d.hv_layout.set_ldt(d.mem, v.vcpu_id, frames)
+    base, ents = v.ldt
+    limit = ents * 8 - 1 if frames else 0
+    va = d.hv_layout.ldt_va(v.vcpu_id) if frames else 0
+    v.cpu.set_ldtr(sel, va, limit)
+    v.cpu.flush_tlb()
 
 
 # --- vm_assist -----------------------------------------------------------------------------
