@@ -116,9 +116,13 @@ class DomainTarget:
             if not self._attached:
                 self._attached = True
                 self.domain.on_shutdown.append(self._on_shutdown)
+                # While a debugger is attached every slice carries the block budget, so an
+                # interrupt never has to stop a vCPU from another thread (which loses the
+                # PC in Unicorn): it asks, and the slice ends at its next hook or budget.
+                self.domain.host.debuggers += 1
                 for v in self.domain.vcpus:
                     dbg = UcDebug(v.cpu.uc, self._translator(v), mode64=self.width == Width.X86_64,
-                                  stop=v.cpu.stop)
+                                  stop=self._asker(v))
                     vd = _VcpuDebug(v, dbg, v.run_slice)
                     self._vcpus.append(vd)
                     v.run_slice = self._make_runner(vd)    # type: ignore[method-assign]
@@ -133,12 +137,19 @@ class DomainTarget:
             self._stop = None
             self._interrupt = False
 
+    @staticmethod
+    def _asker(v: "Vcpu"):
+        def ask() -> None:
+            v.preempt_pending = True
+        return ask
+
     def _release(self) -> None:
         """Undo attach: unwrap the vCPUs and let the domain run without a debugger."""
         with self._cond:
             if not self._attached:
                 return
             self._attached = False
+            self.domain.host.debuggers -= 1
             if self._on_shutdown in self.domain.on_shutdown:
                 self.domain.on_shutdown.remove(self._on_shutdown)
             if self.catch is not None:

@@ -70,6 +70,7 @@ class Host:
         self._deadline: float | None = None
         self._slice_started = 0.0
         self._until_given = False
+        self.debuggers = 0                         # attached gdb targets (see debug/target.py)
         self._soon: collections.deque[Callable[[], None]] = collections.deque()
         self.blkback = None                        # started on first use (toolstack/disk.py)
         self._ticker: threading.Thread | None = None
@@ -261,7 +262,8 @@ class Host:
         """Must this slice end by itself?  Yes when anything else may need the CPU: other
         domains, a timer of v's, a daemon's until(), the deterministic clock.  A lone vCPU
         runs without the per-block hook, at full speed."""
-        if self.scheduler.deterministic or self._until_given or v.singleshot or v.periodic:
+        if self.scheduler.deterministic or self._until_given or self.debuggers or \
+                v.singleshot or v.periodic:
             return True
         return any(d is not v.domain and not d.finished for d in self.domains.values()) or \
             len([w for w in v.domain.vcpus if w.online]) > 1
