@@ -68,6 +68,7 @@ class Domain:
         self.gnttab = None                        # grant_table.GrantTable, made on first use
         from .schedule import SchedParams
         self.sched = SchedParams()
+        self.log_dirty = None                     # domctl.LogDirty while migrating
         self.vruntime = 0
         self.period_used_ns = 0
 

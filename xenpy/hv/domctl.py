@@ -345,8 +345,13 @@ class LogDirty:
                     out.add(pfn)
         return out
 
+    def _always(self) -> set[int]:
+        """Pages the host writes through views the observer cannot see: the console and
+        store rings (xenconsoled, xenstored) go in every round."""
+        return {m for m in (self.d.console_mfn, self.d.store_mfn) if m >= 0}
+
     def peek_mfns(self) -> set[int]:
-        s = set(self._marked)
+        s = set(self._marked) | self._always()
         for log in self._logs:
             s.update(log.peek())
         return s
@@ -357,7 +362,7 @@ class LogDirty:
 
     def clean(self) -> set[int]:
         """XEN_DOMCTL_SHADOW_OP_CLEAN: the dirty pfns, and start a new round."""
-        s = self._marked
+        s = self._marked | self._always()
         self._marked = set()
         for log in self._logs:
             s.update(log.clean())
@@ -375,7 +380,24 @@ def log_dirty_enable(d: "Domain") -> LogDirty:
     if ld is None:
         ld = LogDirty(d)
         d.log_dirty = ld
+        _update_observer(d.host)
     return ld
+
+
+def _update_observer(host) -> None:
+    """Route host-side writes to the log of the owning domain while any log is on."""
+    if not any(getattr(d, "log_dirty", None) is not None for d in host.domains.values()):
+        host.mem.write_observer = None
+        return
+    owner = host.mem.owner
+    domains = host.domains
+
+    def observe(mfn: int) -> None:
+        d = domains.get(owner[mfn])
+        ld = getattr(d, "log_dirty", None) if d is not None else None
+        if ld is not None:
+            ld.mark(mfn)
+    host.mem.write_observer = observe
 
 
 def log_dirty_disable(d: "Domain") -> None:
@@ -384,6 +406,7 @@ def log_dirty_disable(d: "Domain") -> None:
     if ld is not None:
         ld.close()
         d.log_dirty = None
+        _update_observer(d.host)
 
 
 def mark_dirty(d: "Domain", mfn: int) -> None:

@@ -77,7 +77,6 @@ class GuestMemory:
         self.width = width
         self.cr3 = 0
         self.user = False        # check user-mode rights (accesses on behalf of user code)
-        self.on_write = None     # callback(maddr, size) for dirty logging / code invalidation
 
     def translate(self, va: int, write: bool = False) -> int:
         return walk(self.mem, self.width, self.cr3, va, write, self.user)
@@ -102,10 +101,11 @@ class GuestMemory:
             chunk = min(len(data) - off, PAGE_SIZE - ((va + off) & (PAGE_SIZE - 1)))
             pieces.append((self.translate(va + off, write=True), off, chunk))
             off += chunk
+        mem = self.mem
         for m, o, n in pieces:
-            self.mem.view[m:m + n] = data[o:o + n]
-            if self.on_write is not None:
-                self.on_write(m, n)
+            mem.view[m:m + n] = data[o:o + n]
+            if mem.write_observer is not None:
+                mem.note_write(m, n)
 
     def read_u32(self, va: int) -> int:
         return struct.unpack("<I", self.read(va, 4))[0]

@@ -60,6 +60,9 @@ class MachineMemory:
         if size_mib < 16 or size_mib > 4096:
             raise XenpyError(f"host memory: expected 16..4096 MiB, got {size_mib}")
         self.nr_frames = size_mib << (20 - PAGE_SHIFT)
+        #: mfn -> None, called for every write the host makes through this object while a
+        #: domain is in log-dirty mode (hv/domctl.py); None otherwise (no cost).
+        self.write_observer = None
         self.size = self.nr_frames << PAGE_SHIFT
         self.buf = mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.view = memoryview(self.buf)
@@ -154,8 +157,17 @@ class MachineMemory:
     def read(self, maddr: int, size: int) -> bytes:
         return bytes(self.view[maddr:maddr + size])
 
+    def note_write(self, maddr: int, size: int = 1) -> None:
+        """A host-side write into machine memory (log-dirty sees only guest stores)."""
+        obs = self.write_observer
+        if obs is not None:
+            for mfn in range(maddr >> PAGE_SHIFT, ((maddr + max(size, 1) - 1) >> PAGE_SHIFT) + 1):
+                obs(mfn)
+
     def write(self, maddr: int, data: bytes) -> None:
         self.view[maddr:maddr + len(data)] = data
+        if self.write_observer is not None:
+            self.note_write(maddr, len(data))
 
     def read_u32(self, maddr: int) -> int:
         return struct.unpack_from("<I", self.buf, maddr)[0]
@@ -165,9 +177,13 @@ class MachineMemory:
 
     def write_u32(self, maddr: int, value: int) -> None:
         struct.pack_into("<I", self.buf, maddr, value & 0xFFFFFFFF)
+        if self.write_observer is not None:
+            self.note_write(maddr, 4)
 
     def write_u64(self, maddr: int, value: int) -> None:
         struct.pack_into("<Q", self.buf, maddr, value & 0xFFFFFFFFFFFFFFFF)
+        if self.write_observer is not None:
+            self.note_write(maddr, 8)
 
     def close(self) -> None:
         self.view.release()

@@ -73,6 +73,7 @@ class Job:
     maps: list[gnttab.BackendMap]
     bufs: list[memoryview]
     status: int = B.BLKIF_RSP_OKAY
+    mfns: list[int] = field(default_factory=list)     # the guest frames of the data
 
 
 class Worker:
@@ -265,10 +266,12 @@ class BlkifRing:
             return
         maps: list[gnttab.BackendMap] = []
         bufs: list[memoryview] = []
+        mfns: list[int] = []
         if isinstance(req, P.ReadWrite):
             try:
                 for s in req.segments:
                     bm = self._map_segment(s.gref, req.writes, maps)
+                    mfns.append(bm.mfn)
                     bufs.append(bm.view[s.first_sect << B.SECTOR_SHIFT:
                                         (s.last_sect + 1) << B.SECTOR_SHIFT])
             except gnttab.GrantError as e:
@@ -276,7 +279,7 @@ class BlkifRing:
                 self._fail(req.id, req.op, str(e))
                 return
         self._pending += 1
-        self._batch.append(Job(req, maps, bufs))
+        self._batch.append(Job(req, maps, bufs, mfns=mfns))
 
     def _map_segment(self, gref: int, readonly: bool, maps: list[gnttab.BackendMap]
                      ) -> gnttab.BackendMap:
@@ -324,7 +327,11 @@ class BlkifRing:
 
     def _complete(self, jobs: list[Job]) -> None:
         """Back from the worker (scheduler thread): unmap, respond, look for more."""
+        mark = self.d.mem.write_observer
         for job in jobs:
+            if mark is not None and isinstance(job.req, P.ReadWrite) and not job.req.writes:
+                for mfn in job.mfns:          # a READ filled these guest pages
+                    mark(mfn)
             self._pending -= 1
             self._unmap(job.maps, job.bufs)
             if job.status != B.BLKIF_RSP_OKAY:
@@ -343,6 +350,10 @@ class BlkifRing:
     def _push(self) -> None:
         if R.get_u32(self.ring_maps[0].view, R.OFF_RSP_PROD) == self.rsp_prod_pvt:
             return
+        mark = self.d.mem.write_observer
+        if mark is not None:
+            for bm in self.ring_maps:          # responses are host writes into guest pages
+                mark(bm.mfn)
         if R.push_responses_and_check_notify(self.ring_maps[0].view, self.rsp_prod_pvt):
             self.d.evtchn.set_pending(self.port)
 
