@@ -76,6 +76,12 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     from .migrate import register_cli as register_migration_commands
     register_migration_commands(sub, common)
 
+    p = sub.add_parser("gdb", parents=[common],
+                       help="serve a running domain to gdb (attaching stops it; detach resumes)")
+    p.add_argument("dom", metavar="DOM")
+    p.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (default: any)")
+    p.set_defaults(func=cmd_gdb)
+
     p = sub.add_parser("trace", parents=[common],
                        help="print a running domain's hypercalls, one line each (as strace)")
     p.add_argument("dom", metavar="DOM")
@@ -297,6 +303,17 @@ def cmd_console(args: argparse.Namespace) -> int:
         return _console_loop(c, int(res["domid"]))
     finally:
         c.close()
+
+
+def cmd_gdb(args: argparse.Namespace) -> int:
+    c = _client(args)
+    try:
+        res = c.call("gdb", dom=args.dom, port=args.port)
+    finally:
+        c.close()
+    print(f"xenpy: gdb stub for {res['name']} (d{res['domid']}): "
+          f"target remote {res['address']}:{res['port']}")
+    return 0
 
 
 def cmd_trace(args: argparse.Namespace) -> int:

@@ -273,6 +273,7 @@ class HostDaemon:
         self._plans: dict[int, DomainPlan] = {}
         self._consoles: dict[int, set[_Client]] = {}
         self._traces: dict[_Client, tuple[int, Any]] = {}    # client -> (domid, HypercallTrace)
+        self._gdb: dict[int, tuple[Any, Any]] = {}           # domid -> (DomainTarget, GdbServer)
         self._waiters: dict[int, list[tuple[_Client, int]]] = {}
         self._shutdowns: deque[int] = deque()
         self._force: dict[int, float] = {}            # domid -> monotonic destroy deadline
@@ -287,6 +288,7 @@ class HostDaemon:
             "console": self._op_console,
             "console_input": self._op_console_input,
             "trace": self._op_trace,
+            "gdb": self._op_gdb,
             "block_attach": self._op_block_attach,
             "block_detach": self._op_block_detach,
             "block_list": self._op_block_list,
@@ -323,6 +325,8 @@ class HostDaemon:
 
     def close(self) -> None:
         """Destroy every domain and remove both sockets."""
+        for domid in list(self._gdb):
+            self._stop_gdb(domid)
         self.migration.close()
         try:
             for d in list(self.host.domains.values()):
@@ -477,6 +481,7 @@ class HostDaemon:
         """The domain will not run again: end its consoles and traces, answer its waiters."""
         for client in self._consoles.pop(domid, set()):
             self.server.queue_message(client, Event("gone", {"domid": domid, "reason": reason}))
+        self._stop_gdb(domid)
         for client, (tdomid, _) in list(self._traces.items()):
             if tdomid == domid:
                 self._stop_trace(client)
@@ -646,6 +651,28 @@ class HostDaemon:
         tracer.attach(self.host)
         self._traces[client] = (domid, tracer)
         return {"domid": domid, "name": d.name}
+
+    def _op_gdb(self, client: _Client, req: Request) -> Mapping[str, Any]:
+        """`xenpy gdb DOM`: a gdb stub for a running domain; gdb's connection stops it
+        (DomainTarget.attach), detaching lets it run on.  One stub per domain."""
+        from ..debug.gdbstub.server import GdbServer
+        from ..debug.target import DomainTarget
+        d = self._live(_arg(req.args, "dom", str), "debug")
+        if d.domid not in self._gdb:
+            target = DomainTarget(d)
+            server = GdbServer(target, "127.0.0.1", int(req.args.get("port") or 0),
+                               on_connect=target.attach)
+            server.start()
+            self._gdb[d.domid] = (target, server)
+        addr, port = self._gdb[d.domid][1].address
+        return {"domid": d.domid, "name": d.name, "address": addr, "port": port}
+
+    def _stop_gdb(self, domid: int) -> None:
+        entry = self._gdb.pop(domid, None)
+        if entry is not None:
+            target, server = entry
+            server.close()
+            target.detach()
 
     def _stop_trace(self, client: _Client) -> None:
         entry = self._traces.pop(client, None)
