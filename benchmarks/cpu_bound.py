@@ -17,6 +17,9 @@ all alike.  Goal: ratio xenpy/bare >= 0.95.
 ``--no-preempt`` (diagnosis only) sets the scheduler's QUANTUM to an hour, so the run has
 no 10 ms preemption stops: the difference is what time slicing costs.
 ``--deterministic`` runs xenpy with ``Host(deterministic=True)`` (block-budget slices).
+``--width 64`` runs the 64-bit guest (``spin-x86_64.elf``); its bare baseline is a
+Unicorn in long mode with minimal 4-level page tables mapping the high-half image, and
+the hooked baseline adds the empty SYSCALL hook xenpy installs for 64-bit guests.
 """
 from __future__ import annotations
 
@@ -28,9 +31,11 @@ import sys
 import capstone
 from _common import (
     BareGuest,
+    BareGuest64,
     BenchError,
     add_empty_xenpy_hooks,
     emit_json,
+    bare_guest,
     guest_path,
     median,
     run_under_xenpy,
@@ -53,11 +58,12 @@ def lcg(n: int) -> int:
     return (ra + rc) % M
 
 
-def loop_instructions(bare: BareGuest) -> int:
+def loop_instructions(bare: BareGuest | BareGuest64) -> int:
     """Instructions per iteration: the body of main's backward conditional branch."""
     main = bare.main
-    code = bytes(bare.uc.mem_read(main, 256))
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
+    code = bare.read_virt(main, 256)
+    mode = capstone.CS_MODE_64 if isinstance(bare, BareGuest64) else capstone.CS_MODE_32
+    md = capstone.Cs(capstone.CS_ARCH_X86, mode)
     insns = list(md.disasm(code, main))
     for i, ins in enumerate(insns):
         if ins.mnemonic.startswith("j") and ins.mnemonic != "jmp" and ins.op_str.startswith("0x"):
@@ -92,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="diagnosis: run xenpy without its 10 ms preemption ticker")
     ap.add_argument("--deterministic", action="store_true",
                     help="run xenpy with Host(deterministic=True)")
+    ap.add_argument("--width", type=int, choices=(32, 64), default=32,
+                    help="guest width: 32 (PAE, default) or 64")
     args = ap.parse_args(argv)
     if args.repeat < 1:
         ap.error(f"--repeat: expected >= 1, got {args.repeat}")
@@ -103,9 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"-n: expected 1..2^32-1, got {n}")
     want = lcg(n)
 
-    bare = BareGuest(guest_path("spin"), n)
-    hooked = BareGuest(guest_path("spin"), n)
-    keep = add_empty_xenpy_hooks(hooked.uc)       # noqa: F841 - thunks must stay alive
+    width = args.width
+    bare = bare_guest(guest_path("spin", width), n, width)
+    hooked = bare_guest(guest_path("spin", width), n, width)
+    keep = add_empty_xenpy_hooks(hooked.uc, width)   # noqa: F841 - thunks must stay alive
     ipi = loop_instructions(bare)
     bare.call_main()                              # warm-up: translation, first page touches
     hooked.call_main()
@@ -122,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         hook_t.append(hooked.call_main())
         if hooked.last_printf()[1] != want:
             raise BenchError(f"hooked bare spin: expected {want:08x}, got {hooked.last_printf()}")
-        r = run_under_xenpy("spin", cmdline=f"n={n}", **host_options)
+        r = run_under_xenpy("spin", cmdline=f"n={n}", width=width, **host_options)
         out = r.output.decode("ascii", "replace")
         m = re.search(r"spin: done ([0-9a-f]{8})", out)
         if m is None or int(m.group(1), 16) != want:
@@ -137,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         return n * ipi / t / 1e6
 
     ratio = bt / xt                              # speed ratio: xenpy rate / bare rate
-    print(f"cpu_bound: spin guest, n={n:,} iterations x {ipi} instructions, "
+    print(f"cpu_bound: spin guest{' (64-bit)' if width == 64 else ''}, n={n:,} iterations x {ipi} instructions, "
           f"{args.repeat} runs each (median; spread = (max-min)/median)"
           f"{'; xenpy WITHOUT preemption' if args.no_preempt else ''}"
           f"{'; xenpy deterministic' if args.deterministic else ''}\n")
@@ -152,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nratio xenpy/bare (loop rate) = {ratio:.3f}   (goal >= 0.95: "
           f"{'met' if ratio >= 0.95 else 'NOT met'})")
     print(f"ratio bare+hooks/bare = {bt / ht:.3f}; xenpy/(bare+hooks) = {ht / xt:.3f}")
-    emit_json({"bench": "cpu_bound", "n": n, "insns_per_iter": ipi, "repeat": args.repeat,
+    emit_json({"bench": "cpu_bound", **({"width": 64} if width == 64 else {}), "n": n, "insns_per_iter": ipi, "repeat": args.repeat,
                "preempt": not args.no_preempt, "deterministic": args.deterministic,
                "bare_s": bt, "bare_hooks_s": ht, "xenpy_loop_s": xt,
                "xenpy_total_s": median(xen_total), "bare_mips": mips(bt), "xenpy_mips": mips(xt),

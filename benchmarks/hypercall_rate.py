@@ -21,6 +21,10 @@ through ``PYFUNCTYPE`` prototypes taking ``c_void_p``.  They show what a pure-Py
 dispatch could reach on this machine.
 ``--profile`` runs the guest under cProfile (it inflates small Python functions: read
 shares, not absolute times).
+``--width 64`` runs the 64-bit ``nullhc`` (hypercalls through ``syscall`` in the hypercall
+page); its baselines run the same ``main`` on a bare Unicorn in long mode (minimal 4-level
+page tables) with an empty SYSCALL instruction hook.  ``--lean-path`` and ``--breakdown``
+are 32-bit only.
 """
 from __future__ import annotations
 
@@ -38,6 +42,8 @@ from _common import (
     BareGuest,
     BenchError,
     add_raw_intr_hook,
+    add_raw_syscall_hook,
+    bare_guest,
     emit_json,
     guest_path,
     median,
@@ -53,13 +59,19 @@ from xenpy.abi.xen import HYPERCALL_NR
 GOAL = 500_000
 
 
-def bare_rate(n: int, raw: bool, repeat: int) -> list[float]:
-    """Seconds per run of nullhc's main on bare Unicorn with an empty int-0x82 hook."""
-    bare = BareGuest(guest_path("nullhc"), n)
+def bare_rate(n: int, raw: bool, repeat: int, width: int = 32) -> list[float]:
+    """Seconds per run of nullhc's main on bare Unicorn with an empty hypercall hook
+    (int 0x82 for 32-bit, SYSCALL for 64-bit: Unicorn resumes after the syscall)."""
+    bare = bare_guest(guest_path("nullhc", width), n, width)
     def hook(_intno: int) -> None:
         pass
 
-    if raw:
+    if width == 64 and raw:
+        keep = add_raw_syscall_hook(bare.uc, lambda: None)   # noqa: F841 - keep alive
+    elif width == 64:
+        bare.uc.hook_add(uc.UC_HOOK_INSN, lambda _uc, _ud: None, None, 1, 0,
+                         x86.UC_X86_INS_SYSCALL)
+    elif raw:
         keep = add_raw_intr_hook(bare.uc, hook)   # noqa: F841 - the thunk must stay alive
     else:
         bare.uc.hook_add(uc.UC_HOOK_INTR, lambda _uc, intno, _ud: None)
@@ -136,18 +148,18 @@ def lean_rate(n: int, void_p: bool, repeat: int) -> list[float]:
     return times
 
 
-def xenpy_run(n: int) -> float:
-    r = run_under_xenpy("nullhc", cmdline=f"n={n}")
+def xenpy_run(n: int, width: int = 32) -> float:
+    r = run_under_xenpy("nullhc", cmdline=f"n={n}", width=width)
     out = r.output.decode("ascii", "replace")
     if not re.search(rf"nullhc: done {n}\b", out):
         raise BenchError(f"xenpy nullhc: expected 'nullhc: done {n}', got {out[-200:]!r}")
     return r.last_byte - r.first_byte
 
 
-def profile(n: int, top: int) -> None:
+def profile(n: int, top: int, width: int = 32) -> None:
     prof = cProfile.Profile()
     prof.enable()
-    xenpy_run(n)
+    xenpy_run(n, width)
     prof.disable()
     s = io.StringIO()
     st = pstats.Stats(prof, stream=s)
@@ -210,7 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lean-path", action="store_true",
                     help="also time a minimal Python hypercall path on bare Unicorn")
     ap.add_argument("--profile", action="store_true", help="also print a cProfile of xenpy")
+    ap.add_argument("--width", type=int, choices=(32, 64), default=32,
+                    help="guest width: 32 (PAE, int 0x82; default) or 64 (syscall)")
     args = ap.parse_args(argv)
+    width = args.width
+    if width == 64 and (args.lean_path or args.breakdown):
+        ap.error("--lean-path and --breakdown: expected --width 32, got --width 64")
     if args.repeat < 1:
         ap.error(f"--repeat: expected >= 1, got {args.repeat}")
     n = args.n
@@ -223,9 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     lean_t: list[float] = []
     lean_vp_t: list[float] = []
     for _ in range(args.repeat):
-        raw_t += bare_rate(n, raw=True, repeat=1)
-        bind_t += bare_rate(n, raw=False, repeat=1)
-        xen_t.append(xenpy_run(n))
+        raw_t += bare_rate(n, raw=True, repeat=1, width=width)
+        bind_t += bare_rate(n, raw=False, repeat=1, width=width)
+        xen_t.append(xenpy_run(n, width))
         if args.lean_path:
             lean_t += lean_rate(n, void_p=False, repeat=1)
             lean_vp_t += lean_rate(n, void_p=True, repeat=1)
@@ -235,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     def us(rate: float) -> float:
         return 1e6 / rate
 
-    print(f"hypercall_rate: nullhc guest, n={n:,} xen_version calls, {args.repeat} runs each "
+    print(f"hypercall_rate: nullhc guest{' (64-bit, syscall)' if width == 64 else ''}, "
+          f"n={n:,} xen_version calls, {args.repeat} runs each "
           f"(median; spread = (max-min)/median)\n")
     print(table(["what", "calls/s", "us/call", "spread"], [
         ["bare Unicorn, empty raw ctypes hook", r_raw, us(r_raw), spread(raw_t)],
@@ -255,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
               "measured per-call cost above):")
         print(table(["piece", "us/call"], breakdown()))
     if args.profile:
-        profile(n, 25)
-    emit_json({"bench": "hypercall_rate", "n": n, "repeat": args.repeat,
+        profile(n, 25, width)
+    emit_json({"bench": "hypercall_rate", **({"width": 64} if width == 64 else {}), "n": n, "repeat": args.repeat,
                "xenpy_per_s": r_xen, "bare_raw_per_s": r_raw, "bare_binding_per_s": r_bind,
                "xenpy_us_per_call": us(r_xen), "overhead_us_per_call": us(r_xen) - us(r_raw),
                "ratio_vs_raw": r_xen / r_raw,
