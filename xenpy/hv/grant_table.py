@@ -642,6 +642,16 @@ def _query_target(v: "Vcpu", dom: int) -> int:
     return G.GNTST_bad_domain if _lookup(v, dom) is None else G.GNTST_permission_denied
 
 
+def _elements(g, uop: int, count: int, fmt: str):
+    """The batch layer: copy element ``i`` of a guest's uop array in once (a bad pointer is
+    GuestFault, i.e. -EFAULT) and yield (its address, its fields); the caller does the work
+    and writes that element's status back."""
+    size = struct.calcsize(fmt)
+    for i in range(count):
+        a = uop + size * i
+        yield a, struct.unpack(fmt, g.read(a, size))
+
+
 @hypercall("grant_table_op", 3)
 def do_grant_table_op(v: "Vcpu", cmd: int, uop: int, count: int) -> int:
     d = v.domain
@@ -651,34 +661,22 @@ def do_grant_table_op(v: "Vcpu", cmd: int, uop: int, count: int) -> int:
     if count > MAX_BATCH and cmd != G.GNTTABOP_cache_flush:
         return -Errno.EINVAL
     if cmd == G.GNTTABOP_map_grant_ref:
-        size = struct.calcsize(G.MAP_GRANT_REF)
-        for i in range(count):
-            a = uop + size * i
-            host_addr, flags, ref, dom, _st, _h, _dev = struct.unpack(G.MAP_GRANT_REF,
-                                                                      g.read(a, size))
+        for a, (host_addr, flags, ref, dom, _st, _h, _dev) in _elements(g, uop, count,
+                                                                        G.MAP_GRANT_REF):
             st, handle, dev = map_grant_ref(v, host_addr, flags, ref, dom)
             g.write(a + 18, struct.pack("<hIQ", st, handle, dev))
         return 0
     if cmd == G.GNTTABOP_unmap_grant_ref:
-        size = struct.calcsize(G.UNMAP_GRANT_REF)
-        for i in range(count):
-            a = uop + size * i
-            host_addr, dev, handle, _st = struct.unpack(G.UNMAP_GRANT_REF, g.read(a, size))
+        for a, (host_addr, dev, handle, _st) in _elements(g, uop, count, G.UNMAP_GRANT_REF):
             g.write(a + 20, struct.pack("<h", unmap_grant_ref(v, host_addr, dev, handle)))
         return 0
     if cmd == G.GNTTABOP_unmap_and_replace:
-        size = struct.calcsize(G.UNMAP_AND_REPLACE)
-        for i in range(count):
-            a = uop + size * i
-            host_addr, new_addr, handle, _st = struct.unpack(G.UNMAP_AND_REPLACE, g.read(a, size))
+        for a, (host_addr, new_addr, handle, _st) in _elements(g, uop, count,
+                                                               G.UNMAP_AND_REPLACE):
             g.write(a + 20, struct.pack("<h", unmap_and_replace(v, host_addr, new_addr, handle)))
         return 0
     if cmd == G.GNTTABOP_setup_table:
-        fmt = G.SETUP_TABLE[w]
-        size = struct.calcsize(fmt)
-        for i in range(count):
-            a = uop + size * i
-            dom, nr, _st, flist = struct.unpack(fmt, g.read(a, size))
+        for a, (dom, nr, _st, flist) in _elements(g, uop, count, G.SETUP_TABLE[w]):
             status = _query_target(v, dom)
             if status == G.GNTST_okay and not grow(table(d), nr):
                 status = G.GNTST_general_error
@@ -711,20 +709,14 @@ def do_grant_table_op(v: "Vcpu", cmd: int, uop: int, count: int) -> int:
             g.write(a + 2, struct.pack("<h", status))
         return 0
     if cmd == G.GNTTABOP_transfer:
-        fmt = G.TRANSFER[w]
-        size = struct.calcsize(fmt)
-        for i in range(count):
-            a = uop + size * i
-            mfn, domid, ref, _st = struct.unpack(fmt, g.read(a, size))
+        for a, (mfn, domid, ref, _st) in _elements(g, uop, count, G.TRANSFER[w]):
             st = gnttab_transfer(v, mfn, domid, ref)
             g.write(a + (12 if w == 4 else 16), struct.pack("<h", st))
         return 0
     if cmd == G.GNTTABOP_copy:
-        fmt = G.COPY[w]
-        size = struct.calcsize(fmt)
-        for i in range(count):
-            a = uop + size * i
-            su, sdom, soff, du, ddom, doff, length, flags, _st = struct.unpack(fmt, g.read(a, size))
+        size = struct.calcsize(G.COPY[w])
+        for a, (su, sdom, soff, du, ddom, doff, length, flags, _st) in _elements(
+                g, uop, count, G.COPY[w]):
             st = gnttab_copy(v, (su, sdom, soff), (du, ddom, doff), length, flags)
             g.write(a + size - 4, struct.pack("<h", st))
         return 0
@@ -751,11 +743,8 @@ def do_grant_table_op(v: "Vcpu", cmd: int, uop: int, count: int) -> int:
         g.write(uop + 6, struct.pack("<h", status))
         return 0
     if cmd == G.GNTTABOP_swap_grant_ref:
-        size = struct.calcsize(G.SWAP_GRANT_REF)
         gt = table(d)
-        for i in range(count):
-            a = uop + size * i
-            ra, rb, _st = struct.unpack(G.SWAP_GRANT_REF, g.read(a, size))
+        for a, (ra, rb, _st) in _elements(g, uop, count, G.SWAP_GRANT_REF):
             if ra >= gt.nr_entries or rb >= gt.nr_entries:
                 st = G.GNTST_bad_gntref
             elif ra in gt.active or rb in gt.active:
