@@ -117,6 +117,7 @@ def xen_host(request: pytest.FixtureRequest) -> Iterator["Host"]:
     finally:
         host.close()
         host.mem.close()
+    assert host.soon_call_failures == 0, "a host-side backend raised (see the log)"
 
 
 @pytest.fixture

@@ -71,3 +71,20 @@ def test_input_fills_only_the_free_space(con):
     assert (c.ring.in_prod - c.ring.in_cons) & 0xFFFFFFFF == XENCONS_IN_SIZE
     assert len(c.pending_input) == 100
     assert bytes(in_ring(g)) == b"x" * XENCONS_IN_SIZE
+
+
+def test_a_raising_host_side_call_is_logged_and_the_host_carries_on(caplog):
+    from xenpy.hv.host import Host
+    host = Host(memory_mib=16)
+    ran = []
+    try:
+        def bug() -> None:
+            raise RuntimeError("backend bug")
+        host.call_soon(bug)
+        host.call_soon(lambda: ran.append(1))
+        host.run_soon_calls()
+    finally:
+        host.close()
+        host.mem.close()
+    assert ran == [1] and host.soon_call_failures == 1
+    assert "backend bug" in caplog.text

@@ -56,3 +56,34 @@ def test_cli_migrate_save_and_restore(hosts, tmp_path):
     bad.write_bytes(save.read_bytes()[:4096])
     proc = a.xenpy("restore", str(bad), check=False)
     assert proc.returncode != 0 and "truncated" in proc.stderr
+
+
+def _rounds(h: HostProc, name: str) -> int:
+    log = decode_bytes(h.call("console", dom=name)["log"], "log").decode()
+    assert "FAIL" not in log, log
+    found = re.findall(r"round (\d+) ok", log)
+    return int(found[-1]) if found else 0
+
+
+def test_cli_a_domain_with_a_disk_migrates_saves_and_restores(hosts, tmp_path):
+    """Shared storage: both hosts open the same image; blkloop checks every block."""
+    a, b = hosts
+    img = tmp_path / "shared.img"
+    with open(img, "wb") as f:
+        f.truncate(4 << 20)
+    cfg = tmp_path / "bl.cfg"
+    cfg.write_text(f'name = "bl"\nkernel = "{ROOT / "guests" / "build" / "blkloop-x86_64.elf"}"\n'
+                   f'memory = 16\nextra = "rounds=0 report=10"\n'
+                   f'disk = ["format=raw, vdev=xvda, access=rw, target={img}"]\n')
+    a.xenpy("create", str(cfg))
+    wait_for(lambda: _rounds(a, "bl") >= 20, "blkloop running on A")
+    a.xenpy("migrate", "bl", b.banner["XENPY_MIGRATION"], timeout=120)
+    assert "bl" not in a.rows()
+    wait_for(lambda: _rounds(b, "bl") >= 40, "blkloop continuing on B")
+    listed = b.xenpy("block-list", "bl").stdout
+    assert "xvda" in listed or "51712" in listed, listed
+    save = tmp_path / "bl.save"
+    b.xenpy("save", "bl", str(save))
+    a.xenpy("restore", str(save))
+    n = _rounds(a, "bl")
+    wait_for(lambda: _rounds(a, "bl") >= n + 20, "blkloop continuing after restore")

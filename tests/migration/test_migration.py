@@ -111,6 +111,23 @@ def test_save_restore_round_trip_on_a_host_with_other_free_frames(tmp_path, widt
         assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.parametrize("width,_w", WIDTHS)
+def test_a_restored_domain_saved_again_before_it_ran_continues(tmp_path, width, _w):
+    """A restored vCPU has not entered its context yet (the firmware's ring-0 iret holds
+    it, in a hypervisor page that does not move): getvcpucontext reports that frame."""
+    hosts = [Host(64, deterministic=True) for _ in range(3)]
+    d = _boot(hosts[0], width, "ws=64 passes=4")
+    hosts[0].run([d], timeout=60, until=lambda: b"pass 1 ok" in d.console_log)
+    for i in (1, 2):
+        domctl.pause(d)
+        sr.save_domain(d, tmp_path / f"s{i}")
+        d = sr.restore_domain(hosts[i], tmp_path / f"s{i}")      # paused, never run
+    domctl.unpause(d)
+    assert hosts[2].run([d], timeout=60)
+    out = d.console_log.decode()
+    assert "memtouch: PASS 4 passes" in out and d.shutdown_reason.name == "poweroff", out
+
+
 def test_corrupt_or_truncated_save_files_are_refused_naming_the_record(tmp_path):
     a = Host(96, deterministic=True)
     d = _boot(a, "x86_64", "ws=64 passes=3")

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from ..abi.xen import PAGE_SHIFT, Width, layouts
 from ..errors import XenpyError
+from . import firmware
 from .machine import PageType
 
 if TYPE_CHECKING:
@@ -172,6 +173,13 @@ def getvcpucontext(v: "Vcpu") -> bytes:
         kernel = v.kernel_mode
     for n in ("cs", "ss") + _SEGS:
         setattr(r, n, cpu.reg(n))
+    frame = firmware.pending_iret(v)
+    if frame is not None:          # not yet entered: the context is the firmware's frame
+        ip, sp, fl = ("eip", "esp", "eflags") if w == Width.X86_32 else ("rip", "rsp", "rflags")
+        for n, x in zip((ip, "cs", fl, sp, "ss"), frame):
+            setattr(r, n, x)
+        if w == Width.X86_32:
+            kernel = r.cs & 3 != 3
     r.saved_upcall_mask = v.vcpu_info.evtchn_upcall_mask
     ctx.flags = (VGCF_IN_KERNEL if kernel else 0) | (VGCF_online if v.online else 0)
     for i, t in enumerate(v.trap_table):

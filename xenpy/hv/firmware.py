@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -94,3 +95,34 @@ def hypercall_page(width: Width) -> bytes:
         code = bytes(ks.asm(src)[0])
         page[nr * HYPERCALL_STUB_SIZE:nr * HYPERCALL_STUB_SIZE + len(code)] = code
     return bytes(page)
+
+
+def pending_iret(v) -> tuple[int, int, int, int, int] | None:
+    """(ip, cs, flags, sp, ss) when the vCPU sits at the firmware's ring-0 iret — how the
+    boot and XEN_DOMCTL_setvcpucontext hand a context over, the frame lying in the
+    hypervisor area where only this host can see it — else None.  Until that iret runs,
+    the frame *is* the guest-visible context: what getvcpucontext must report and where
+    an event must be delivered."""
+    cpu = v.cpu
+    wide = v.domain.width == Width.X86_64
+    if cpu.reg("cs") & 3 or cpu.reg("rip" if wide else "eip") != v.fw_iret:
+        return None
+    from .guest_access import GuestFault
+    size = 8 if wide else 4
+    try:
+        raw = v.gmem.read(cpu.reg("rsp" if wide else "esp"), 5 * size)
+    except GuestFault:
+        return None
+    ip, cs, flags, sp, ss = struct.unpack("<5Q" if wide else "<5I", raw)
+    return ip, cs & 0xFFFF, flags, sp, ss & 0xFFFF
+
+
+def run_pending_iret(v) -> bool:
+    """Execute the firmware's ring-0 iret now (it is the next instruction; the run stops
+    where it lands, before any guest code), so the vCPU is at its guest context."""
+    frame = pending_iret(v)
+    if frame is None:
+        return False
+    wide = v.domain.width == Width.X86_64
+    v.cpu.run(v.fw_iret, frame[0])
+    return v.cpu.reg("rip" if wide else "eip") == frame[0] and v.cpu.reg("cs") & 3 != 0

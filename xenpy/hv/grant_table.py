@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import struct
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from ..abi import grant_table as G
 from ..abi.errno import Errno
@@ -162,6 +162,55 @@ class GrantTable:
                              (flags & ~(G.GTF_reading | G.GTF_writing)) | bits)
         else:
             struct.pack_into("<H", mem.buf, self._status_addr(ref), bits)
+
+    # --- save / restore -----------------------------------------------------------------------
+    def _frame_field(self) -> tuple[int, str]:
+        """(offset, struct format) of an entry's frame: v1 frame u32, v2 full_page.frame u64."""
+        return (4, "<I") if self.version == 1 else (8, "<Q")
+
+    def saved_frames(self, pfn_of: Callable[[int], int | None]) -> list[bytes]:
+        """The shared frames as a save stream carries them: a PV guest grants *machine*
+        frames, which do not exist on the restoring host, so each permit_access entry's
+        frame becomes the granter's pfn (INVALID_PFN when it is not the domain's own),
+        and GTF_reading/GTF_writing are cleared: no mapping moves with the domain — the
+        backends on the new host map again."""
+        out = []
+        off, fmt = self._frame_field()
+        invalid = (1 << (8 * struct.calcsize(fmt))) - 1
+        size = PAGE_SIZE // self.per_frame
+        for mfn in self.shared:
+            page = bytearray(self.d.mem.page(mfn))
+            for e in range(0, PAGE_SIZE, size):
+                flags = struct.unpack_from("<H", page, e)[0]
+                if self.version == 1:
+                    struct.pack_into("<H", page, e, flags & ~(G.GTF_reading | G.GTF_writing))
+                if flags & G.GTF_type_mask != G.GTF_permit_access:
+                    continue
+                frame = struct.unpack_from(fmt, page, e + off)[0]
+                pfn = pfn_of(frame) if self.d.owns(frame) else None
+                struct.pack_into(fmt, page, e + off, invalid if pfn is None else pfn)
+            out.append(bytes(page))
+        return out
+
+    def load_frames(self, frames: list[bytes], mfn_of: Callable[[int], int | None]) -> None:
+        """Inverse of ``saved_frames`` on the restoring host (the table already grown to
+        ``len(frames)``): pfns become this host's frames; an unknown pfn stays invalid,
+        so mapping that entry fails with GNTST_bad_page rather than reaching a stranger's
+        frame."""
+        off, fmt = self._frame_field()
+        invalid = (1 << (8 * struct.calcsize(fmt))) - 1
+        size = PAGE_SIZE // self.per_frame
+        for mfn, data in zip(self.shared, frames):
+            if len(data) != PAGE_SIZE:
+                raise GrantError(f"grant frame: expected {PAGE_SIZE} bytes, got {len(data)}")
+            page = bytearray(data)
+            for e in range(0, PAGE_SIZE, size):
+                if struct.unpack_from("<H", page, e)[0] & G.GTF_type_mask != G.GTF_permit_access:
+                    continue
+                pfn = struct.unpack_from(fmt, page, e + off)[0]
+                new = mfn_of(pfn) if pfn != invalid else None
+                struct.pack_into(fmt, page, e + off, invalid if new is None else new)
+            self.d.mem.write(mfn << PAGE_SHIFT, bytes(page))
 
     def flags_of(self, ref: int) -> int:
         """What the granter sees: the v1 flags, or v2 flags | status."""

@@ -16,7 +16,7 @@ import unicorn as uc
 
 from ..abi.xen import FLAT_RING1_CS, FLAT_RING1_DS, PAGE_SIZE, Width
 from ..backends.console import ConsoleBackend
-from . import (callback, console, descriptor_tables, emul_priv_op, event_channel, grant_table,  # noqa: F401
+from . import (callback, console, descriptor_tables, emul_priv_op, event_channel, firmware, grant_table,  # noqa: F401
                iret, memory, mm, multicall, physdev, sched, time as _time_hc, traps,
                traps64, version)
 from .domain import Domain
@@ -72,6 +72,7 @@ class Host:
         self._until_given = False
         self.debuggers = 0                         # attached gdb targets (see debug/target.py)
         self._soon: collections.deque[Callable[[], None]] = collections.deque()
+        self.soon_call_failures = 0          # backend bugs survived (run_soon_calls)
         self.blkback = None                        # started on first use (toolstack/disk.py)
         self._ticker: threading.Thread | None = None
         self._ticking = False
@@ -184,8 +185,16 @@ class Host:
         return bool(self._soon)
 
     def run_soon_calls(self) -> None:
+        """Run the queued calls.  One that raises is a bug in a host-side backend: it is
+        logged with its traceback and counted (``soon_call_failures``), and the host —
+        every other domain — carries on, as Xen survives a dom0 driver's bug."""
         while self._soon:
-            self._soon.popleft()()
+            fn = self._soon.popleft()
+            try:
+                fn()
+            except Exception:
+                self.soon_call_failures += 1
+                log.exception("host-side call %s failed", getattr(fn, "__qualname__", fn))
 
     def wake(self) -> None:
         """Get the scheduler loop's attention (a control request, console input...):
@@ -336,6 +345,9 @@ class Host:
         v.debug_stop = False
         xtime.update_vcpu_time(v)
         if v.vcpu_info_pending() and not v.pending_user:
+            # a context handed over through the firmware's ring-0 iret (boot, a restored
+            # vCPU) is entered first: the upcall's frame belongs on the guest's stack
+            firmware.run_pending_iret(v)
             (traps64 if d.width == Width.X86_64 else traps).deliver_event(v)
         if v.async_stopped:
             log.warning("d%d v%d resumes after an asynchronous stop: its state may be "

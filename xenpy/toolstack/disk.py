@@ -154,12 +154,19 @@ def attach_disk(xs: "Xenstored", domid: int, disk: DiskSpec) -> None:
     if xs.exists(be) or xs.exists(fe):
         raise ConfigError(f"disk {disk.vdev}: d{domid} already has a device {disk.devid}")
     fe_perms = [f"n{domid}", "r0"]           # the guest owns, the backend reads
-    be_perms = ["n0", f"r{domid}"]           # dom0 owns, the guest reads
     xs.mkdir(fe, fe_perms)
     for k, v in (("backend", be), ("backend-id", "0"), ("virtual-device", str(disk.devid)),
                  ("device-type", "cdrom" if disk.cdrom else "disk"),
                  ("state", str(int(XenbusState.Initialising)))):
         xs.write(f"{fe}/{k}", v, fe_perms)
+    write_backend_nodes(xs, domid, disk)
+
+
+def write_backend_nodes(xs: "Xenstored", domid: int, disk: DiskSpec) -> None:
+    """The backend half of ``attach_disk`` (also what a restore writes for a frontend
+    that came back with its domain), ``state`` = Initialising last."""
+    be, fe = backend_path(domid, disk.devid), frontend_path(domid, disk.devid)
+    be_perms = ["n0", f"r{domid}"]           # dom0 owns, the guest reads
     xs.mkdir(be, be_perms)
     for k, v in (("frontend", fe), ("frontend-id", str(domid)), ("online", "1"),
                  ("removable", "0"), ("bootable", "1"), ("dev", disk.vdev),

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 from ..errors import ProtocolError, RemoteProtocolError, StreamError, XenpyError
 from ..hv import domctl
+from ..backends.blkback import persist as blkback_persist
 from .save_restore import DomainRestorer, DomainSaver
 from .stream import DONE, NEED_DATA, PageData, StreamReader, StreamWriter
 
@@ -269,6 +270,7 @@ def migrate_domain(runner: HostRunner, d: "Domain", sock: socket.socket,
 
         def stop_and_copy() -> list[bytes]:
             domctl.pause(d)
+            blkback_persist.quiesce(d.host, d.domid)   # answered requests are in the ring
             con = d.host.consoles.consoles.get(d.domid)
             if con is not None:
                 con.kick()                        # drain its output here, before it moves

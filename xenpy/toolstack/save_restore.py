@@ -23,6 +23,14 @@ every file passes Xen's verify-stream-v2.  The invariants:
   shared_info page (event pending/mask bits, vcpu_info), event-channel ports with the
   same numbers, the grant table, its XenStore subtree (re-rooted at the new domid) and
   the console ring (its indices live in the ring page; pending input travels too).
+* **Grants name machine frames**, so the grant table is canonicalised like a page table
+  (each permit_access entry's frame mfn -> pfn, back to the new mfn on restore) and
+  carries no GTF_reading/GTF_writing: no mapping moves with the domain.
+* **Disks** (``vbd`` section, backends/blkback/persist.py): blkback's in-flight requests
+  are answered before the last copy of the pages and the image flushed; the destination
+  reopens the same image (shared storage, checked before anything is built) and its
+  blkback re-attaches to the ring where it stands.  A port whose dom0 end was a host
+  backend is restored unbound to dom0 until that backend binds it again.
 
 ``DomainSaver`` produces the pieces a live migration sends in rounds (migrate.py);
 ``save_domain``/``restore_domain`` are the one-shot file versions.
@@ -47,6 +55,7 @@ from .stream import (DONE, NEED_DATA, DomainHeader, End, ImageHeader, LibxcConte
                      XlHeader)
 from .stream import libxc
 from .stream.libxl import EmulatorContext
+from ..backends.blkback import persist as blkback_persist
 
 if TYPE_CHECKING:
     from ..hv.domain import Domain
@@ -64,6 +73,7 @@ _XS_TOOLSTACK_KEYS = frozenset({"domid", "name", "vm", "store/ring-ref", "store/
 SECTION_DOMAIN = "domain"
 SECTION_VCPUS = "vcpus"
 SECTION_FIXUPS = "pte_fixups"
+SECTION_VBD = "vbd"
 
 
 class SaveError(XenpyError):
@@ -242,6 +252,12 @@ class DomainSaver:
                 ctx.ctrlreg[r] = domctl.xen_pfn_to_cr3(d.width, pfn_of(mfn, f"ctrlreg[{r}]"))
         return bytes(ctx)
 
+    def _own_pfn(self, mfn: int) -> int | None:
+        """mfn -> pfn for a frame of this domain's p2m, else None."""
+        d = self.d
+        pfn = self.mem.m2p(mfn)
+        return pfn if pfn is not None and pfn < len(d.p2m) and d.p2m[pfn] == mfn else None
+
     def fixups(self) -> list[Fixup]:
         d, mem = self.d, self.mem
         out: list[Fixup] = []
@@ -267,7 +283,7 @@ class DomainSaver:
             if p == 0 or ch.state.name == "free":
                 continue
             kind = ("console" if p == d.console_port else "store" if p == d.store_port
-                    else None) if ch.backend is not None else None
+                    else "host") if ch.backend is not None else None
             ports.append({"port": p, "state": ch.state.name, "vcpu": ch.vcpu,
                           "remote_domid": ch.remote_domid, "remote_port": ch.remote_port,
                           "virq": ch.virq, "backend": kind})
@@ -286,7 +302,7 @@ class DomainSaver:
         gnt = {}
         if d.gnttab is not None:
             gnt = {"version": d.gnttab.version,
-                   "frames": [bytes(d.mem.page(m)).hex() for m in d.grant_frames]}
+                   "frames": [f.hex() for f in d.gnttab.saved_frames(self._own_pfn)]}
         vcpus = [{"iopl": v.iopl, "nmi_callback": v.nmi_callback,
                   "pending_user": None if v.pending_user is None else _pending_user(v.pending_user)}
                  for v in d.vcpus]
@@ -295,6 +311,7 @@ class DomainSaver:
                 .with_json(SECTION_DOMAIN, domain).with_json("evtchn", ports)
                 .with_json("console", console).with_json("xenstore", xs)
                 .with_json("gnttab", gnt).with_json(SECTION_VCPUS, vcpus)
+                .with_json(SECTION_VBD, blkback_persist.save_devices(host, d.domid))
                 .with_json(SECTION_FIXUPS, fix))
 
 
@@ -313,6 +330,7 @@ def save_items(d: "Domain") -> Iterator[object]:
     """Every header and record of a save file for ``d`` (which must be paused)."""
     if not d.paused:
         raise SaveError(f"d{d.domid} must be paused to be saved")
+    blkback_persist.quiesce(d.host, d.domid)
     saver = DomainSaver(d)
     yield from saver.header_items()
     yield from saver.page_records(range(len(d.p2m)), track=False)
@@ -454,6 +472,7 @@ class DomainRestorer:
         info = self.ext.json_section(SECTION_DOMAIN)
         if not isinstance(info, dict):
             raise StreamError("xenpy extension: Expected a 'domain' section, got none")
+        vbds = blkback_persist.check_devices(self.ext.json_section(SECTION_VBD))
         for vid in range(len(d.vcpus)):
             if vid not in self.contexts:
                 raise StreamError(f"X86_PV_VCPU_BASIC: Expected vcpu{vid}'s context, got none")
@@ -477,8 +496,12 @@ class DomainRestorer:
             gt = grant_table.table(d)
             gt.version = int(gnt.get("version", 1))
             grant_table.grow(gt, len(gnt["frames"]))
-            for mfn, hexdata in zip(d.grant_frames, gnt["frames"]):
-                mem.write(mfn << PAGE_SHIFT, bytes.fromhex(hexdata))
+            p2m_ = d.p2m
+            try:
+                gt.load_frames([bytes.fromhex(h) for h in gnt["frames"]],
+                               lambda pfn: p2m_[pfn] if pfn < len(p2m_) else None)
+            except (ValueError, grant_table.GrantError) as e:
+                raise StreamError(f"xenpy extension gnttab frames: {e}") from None
         special = {"shared_info": si_mfn}
         special.update({f"gnttab:{i}": m for i, m in enumerate(d.grant_frames)})
         # localise page tables: pfn -> new mfn
@@ -554,7 +577,12 @@ class DomainRestorer:
             while len(ev.ports) <= p:
                 ev.ports.append(Channel())
         for entry in saved:
-            if entry.get("backend"):
+            kind = entry.get("backend")
+            if kind in ("console", "store"):
+                continue
+            if kind:      # a host backend's port: unbound to dom0 until it binds again
+                ev.ports[int(entry["port"])] = Channel(ECS.unbound, int(entry["vcpu"]),
+                                                       remote_domid=0)
                 continue
             ev.ports[int(entry["port"])] = Channel(ECS[entry["state"]], int(entry["vcpu"]),
                                                    int(entry["remote_domid"]),
@@ -571,6 +599,7 @@ class DomainRestorer:
         for rel, hexval, perms in self.ext.json_section("xenstore") or []:
             perms = [_reown(p, int(info.get("old_domid", -1)), d.domid) for p in perms]
             host.xenstored.write(f"{root}/{rel}", bytes.fromhex(hexval), perms)
+        blkback_persist.restore_devices(host, d, vbds)
         return d
 
     def _rebind(self, new_port: int, port: int) -> int:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -356,6 +357,22 @@ class BlkifRing:
                 mark(bm.mfn)
         if R.push_responses_and_check_notify(self.ring_maps[0].view, self.rsp_prod_pvt):
             self.d.evtchn.set_pending(self.port)
+
+    # --- save / migration ----------------------------------------------------------------
+    def drain(self, timeout: float = 30.0) -> None:
+        """Finish and answer every request taken so far (scheduler thread, the domain
+        paused so no new ones come): afterwards req_cons == rsp_prod, which is all a
+        backend on another host needs to attach to this ring (BACK_RING_ATTACH).  The
+        image is then made stable, so that host reads what the guest was told is written."""
+        deadline = time.monotonic() + timeout
+        while self.connected and (self._pending or self._kick_queued):
+            assert self.worker is not None
+            if not self.worker.wait_idle(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError(f"d{self.d.domid} blkback: I/O still in flight after "
+                                   f"{timeout} s")
+            self.calls.run_pending()           # the completions: responses pushed
+        if not self.readonly:
+            self.image.flush()
 
     # --- teardown -------------------------------------------------------------------------
     def disconnect(self) -> None:

@@ -355,5 +355,5 @@ class BlkBack:
     def close(self) -> None:
         for key, dev in list(self.devices.items()):
             dev.remove()
-            self.devices.pop(key)
+            self.devices.pop(key, None)     # remove() may have run queued work forgetting it
         self.xs.drop_connection(self._conn)
