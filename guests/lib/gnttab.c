@@ -1,5 +1,5 @@
 /*
- * gnttab.c - a v1 grant table of one frame, and mapping others' grants.
+ * gnttab.c - a v1 grant table of XG_GNTTAB_FRAMES frames, and mapping others' grants.
  *
  * Granting: fill domid and frame, then (after a write barrier) the flags.
  * Revoking: clear the flags only if Xen has not marked the entry in use
@@ -8,27 +8,28 @@
  */
 #include "xg_mm.h"
 
-static char gnttab_page[XG_PAGE_SIZE]
+static char gnttab_pages[XG_GNTTAB_FRAMES][XG_PAGE_SIZE]
     __attribute__((aligned(XG_PAGE_SIZE), section(".bss.page_aligned")));
 static grant_entry_v1_t *gnttab;
 
 long xg_gnttab_init(void)
 {
     struct gnttab_setup_table setup;
-    xen_pfn_t frame = 0;
+    xen_pfn_t frames[XG_GNTTAB_FRAMES];
     long rc;
 
+    memset(frames, 0, sizeof(frames));
     setup.dom = DOMID_SELF;
-    setup.nr_frames = 1;
-    set_xen_guest_handle(setup.frame_list, &frame);
+    setup.nr_frames = XG_GNTTAB_FRAMES;
+    set_xen_guest_handle(setup.frame_list, frames);
     rc = HYPERVISOR_grant_table_op(GNTTABOP_setup_table, &setup, 1);
     if (rc == 0 && setup.status != GNTST_okay)
         rc = setup.status;
-    if (rc == 0)
-        rc = xg_map_mfn(gnttab_page, frame,
+    for (unsigned int i = 0; rc == 0 && i < XG_GNTTAB_FRAMES; i++)
+        rc = xg_map_mfn(gnttab_pages[i], frames[i],
                         XG_PAGE_PRESENT | XG_PAGE_RW | XG_PAGE_ACCESSED | XG_PAGE_DIRTY);
     if (rc == 0)
-        gnttab = (grant_entry_v1_t *)gnttab_page;
+        gnttab = (grant_entry_v1_t *)gnttab_pages;
     return rc;
 }
 

@@ -39,7 +39,10 @@ long xg_pin_table(unsigned int level, unsigned long mfn);
 long xg_unpin_table(unsigned long mfn);
 
 /* ---- grant tables (gnttab.c) ---- */
-/* setup_table for one frame and map it; 0 or a negative errno. */
+/* v1 entries: XG_GNTTAB_FRAMES frames of 512 (refs 0..7 are Xen's reserved ones). */
+#define XG_GNTTAB_FRAMES  4
+#define XG_GNTTAB_ENTRIES (XG_GNTTAB_FRAMES * (XG_PAGE_SIZE / sizeof(grant_entry_v1_t)))
+/* setup_table for XG_GNTTAB_FRAMES frames and map them; 0 or a negative errno. */
 long xg_gnttab_init(void);
 /* Grant domid access to mfn through ref (readonly: GTF_readonly). */
 void xg_gnttab_grant(grant_ref_t ref, domid_t domid, unsigned long mfn, int readonly);
