@@ -128,6 +128,29 @@ def test_a_restored_domain_saved_again_before_it_ran_continues(tmp_path, width, 
     assert "memtouch: PASS 4 passes" in out and d.shutdown_reason.name == "poweroff", out
 
 
+@pytest.mark.parametrize("width,_w", WIDTHS)
+def test_xenstore_watches_move_with_the_domain(tmp_path, width, _w):
+    """The shutdown guest set its control/shutdown watch before the save and never
+    again: after the restore (another domid) a shutdown request still reaches it."""
+    a, b = Host(64, deterministic=True), Host(64, deterministic=True)
+    b.destroy_domain(b.create_domain("warm", _w, 4))
+    filler = b.create_domain("filler", _w, 4)          # the restored domid differs
+    filler.paused = True
+    d = boot_domain(a, DomainSpec("sd", GUEST / f"shutdown-{width}.elf", 16))
+    a.run([d], timeout=60, until=lambda: b"shutdown: ready" in d.console_log)
+    domctl.pause(d)
+    sr.save_domain(d, tmp_path / "sd")
+    d2 = sr.restore_domain(b, tmp_path / "sd")
+    assert d2.domid != d.domid
+    domctl.unpause(d2)
+    b.run([d2], timeout=1, until=lambda: False)        # it waits on its watch
+    assert not d2.finished
+    b.xenstored.write(f"/local/domain/{d2.domid}/control/shutdown", "poweroff")
+    assert b.run([d2], timeout=60)
+    assert d2.shutdown_reason.name == "poweroff", d2.console_log.decode()
+    assert b"shutdown: poweroff" in d2.console_log
+
+
 def test_corrupt_or_truncated_save_files_are_refused_naming_the_record(tmp_path):
     a = Host(96, deterministic=True)
     d = _boot(a, "x86_64", "ws=64 passes=3")

@@ -38,6 +38,7 @@ every file passes Xen's verify-stream-v2.  The invariants:
 from __future__ import annotations
 
 import logging
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from ..errors import StreamError, XenpyError
 from ..hv import domctl
 from ..hv.guest_access import MADDR_MASK
 from ..hv.machine import PageType
+from ..backends.xenstored.connection import Watch
 from .stream import (DONE, NEED_DATA, DomainHeader, End, ImageHeader, LibxcContext, LibxlEnd,
                      LibxlHeader, PageData, SharedInfo, StreamReader, StreamWriter,
                      X86PvInfo, X86PvP2mFrames, X86PvVcpuBasic, X86TscInfo, XenpyExtension,
@@ -74,6 +76,7 @@ SECTION_DOMAIN = "domain"
 SECTION_VCPUS = "vcpus"
 SECTION_FIXUPS = "pte_fixups"
 SECTION_VBD = "vbd"
+SECTION_WATCHES = "xenstore_watches"
 
 
 class SaveError(XenpyError):
@@ -299,6 +302,8 @@ class DomainSaver:
                 if rel and rel not in _XS_TOOLSTACK_KEYS:
                     xs.append([rel, host.xenstored.read(path).hex(), host.xenstored.get_perms(path)])
                 stack.extend(f"{rel}/{c}" if rel else c for c in host.xenstored.directory(path))
+        watches = [[w.node, w.token.hex(), w.relative_to]
+                   for w in host.xenstored.domain_watches(d.domid)]
         gnt = {}
         if d.gnttab is not None:
             gnt = {"version": d.gnttab.version,
@@ -310,6 +315,7 @@ class DomainSaver:
         return (XenpyExtension()
                 .with_json(SECTION_DOMAIN, domain).with_json("evtchn", ports)
                 .with_json("console", console).with_json("xenstore", xs)
+                .with_json(SECTION_WATCHES, watches)
                 .with_json("gnttab", gnt).with_json(SECTION_VCPUS, vcpus)
                 .with_json(SECTION_VBD, blkback_persist.save_devices(host, d.domid))
                 .with_json(SECTION_FIXUPS, fix))
@@ -599,8 +605,24 @@ class DomainRestorer:
         for rel, hexval, perms in self.ext.json_section("xenstore") or []:
             perms = [_reown(p, int(info.get("old_domid", -1)), d.domid) for p in perms]
             host.xenstored.write(f"{root}/{rel}", bytes.fromhex(hexval), perms)
+        host.xenstored.restore_watches(d.domid, self._watches(int(info.get("old_domid", -1))))
         blkback_persist.restore_devices(host, d, vbds)
         return d
+
+    def _watches(self, old: int) -> list[Watch]:
+        """The saved watches, paths naming the old domid re-rooted at the new one."""
+        assert self.d is not None and self.ext is not None
+        out = []
+        for entry in self.ext.json_section(SECTION_WATCHES) or []:
+            try:
+                node, token, rel = entry
+                watch = Watch(_reroot(str(node), old, self.d.domid), bytes.fromhex(token),
+                              None if rel is None else _reroot(str(rel), old, self.d.domid))
+            except (TypeError, ValueError):
+                raise StreamError(f"xenstore_watches: Expected [node, token hex, "
+                                  f"relative_to], got {entry!r}") from None
+            out.append(watch)
+        return out
 
     def _rebind(self, new_port: int, port: int) -> int:
         """Move a backend channel just bound at ``new_port`` to the saved ``port``."""
@@ -634,6 +656,14 @@ class DomainRestorer:
                 pfn = domctl.xen_cr3_to_pfn(d.width, ctx.ctrlreg[r])
                 ctx.ctrlreg[r] = domctl.xen_pfn_to_cr3(d.width, mfn_of(pfn, f"ctrlreg[{r}]"))
         return bytes(ctx)
+
+
+def _reroot(path: str, old: int, new: int) -> str:
+    """/local/domain/<old>/... and a backend's .../<type>/<old>/... name ``new``."""
+    home = f"/local/domain/{old}"
+    if path == home or path.startswith(home + "/"):
+        return f"/local/domain/{new}" + path[len(home):]
+    return re.sub(rf"^(/local/domain/0/backend/[^/]+/){old}(?=/|$)", rf"\g<1>{new}", path)
 
 
 def _reown(perm: str, old: int, new: int) -> str:

@@ -231,6 +231,25 @@ class Xenstored:
                 self._shutdown.add(domid)
                 self._fire([Change("@releaseDomain", False, ())])
 
+    def domain_watches(self, domid: int) -> list[Watch]:
+        """The watches a domain set on its ring (saved with the domain)."""
+        with self.critical():
+            conn = self._domains.get(domid)
+            return list(conn.watches) if conn is not None else []
+
+    def restore_watches(self, domid: int, watches: Sequence[Watch]) -> None:
+        """Give an introduced (restored) domain its watches back — what Linux's xenbus
+        re-registers on resume — each fired once, as on registration, so a guest
+        waiting on one re-checks the node it waits for."""
+        with self.critical():
+            conn = self._domains[domid]
+            for w in watches:
+                if any(x.node == w.node and x.token == w.token for x in conn.watches):
+                    continue
+                conn.watches.append(w)
+                conn.queue_event(w.event_path(w.node).encode("latin-1"), w.token)
+            self.mark_dirty(conn)
+
     def is_domain_introduced(self, domid: int) -> bool:
         with self.critical():
             return domid in self._domains
