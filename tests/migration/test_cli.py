@@ -87,3 +87,25 @@ def test_cli_a_domain_with_a_disk_migrates_saves_and_restores(hosts, tmp_path):
     a.xenpy("restore", str(save))
     n = _rounds(a, "bl")
     wait_for(lambda: _rounds(a, "bl") >= n + 20, "blkloop continuing after restore")
+
+
+def test_cli_restored_domain_keeps_its_config_and_console(hosts, tmp_path):
+    """The xl header of a save file carries the domain's config (as xl's does): the
+    restored domain restarts on reboot with it, and its console streams."""
+    a, _ = hosts
+    cfg = tmp_path / "sd.cfg"
+    cfg.write_text(f'name = "sd"\nkernel = "{ROOT / "guests" / "build" / "shutdown-x86_64.elf"}"\n'
+                   'memory = 16\non_reboot = "restart"\n')
+    a.xenpy("create", str(cfg))
+    wait_for(lambda: b"shutdown: ready" in decode_bytes(a.call("console", dom="sd")["log"], "log"),
+             "the shutdown guest ready")
+    save = tmp_path / "sd.save"
+    a.xenpy("save", "sd", str(save))
+    assert "sd" not in a.rows()
+    a.xenpy("restore", str(save))
+    old = a.rows()["sd"]["domid"]
+    a.tool("xenstore-write", f"/local/domain/{old}/control/shutdown", "reboot")
+    wait_for(lambda: "sd" in a.rows() and a.rows()["sd"]["domid"] != old,
+             "the restored domain to restart from its saved config")
+    wait_for(lambda: b"shutdown: ready" in decode_bytes(a.call("console", dom="sd")["log"], "log"),
+             "the restarted guest ready")

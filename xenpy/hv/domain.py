@@ -57,6 +57,8 @@ class Domain:
         self.cmdline = ""
         from ..toolstack.xsdomain import new_uuid
         self.uuid = new_uuid()
+        #: the toolstack's libxl-style domain config (saved in the xl header, as xl does)
+        self.xl_config: dict | None = None
         self.on_shutdown: list[Callable[["Domain"], None]] = []
         self._logged: set[str] = set()
         self.cpu_time = 0.0                       # seconds of host time spent running

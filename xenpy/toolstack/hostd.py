@@ -77,6 +77,41 @@ class DomainPlan:
         return "preserve"
 
 
+    def xl_config(self) -> dict:
+        """libxl_domain_config's JSON (the subset xenpy uses), which xl saves in the
+        header of a save file so that `xl restore` brings the domain back with it."""
+        spec = self.spec
+        disks = []
+        for text in self.disks:
+            disk = parse_disk_spec(text)
+            disks.append({"pdev_path": disk.target, "vdev": disk.vdev, "format": disk.format,
+                          "readwrite": 0 if disk.readonly else 1, "is_cdrom": int(disk.cdrom),
+                          "xenpy_spec": text})
+        return {"c_info": {"type": "pv", "name": spec.name},
+                "b_info": {"max_vcpus": spec.vcpus, "max_memkb": spec.memory_mib * 1024,
+                           "target_memkb": spec.memory_mib * 1024,
+                           "type.pv": {"kernel": str(spec.kernel), "cmdline": spec.cmdline}},
+                "disks": disks, "on_poweroff": self.on_poweroff, "on_reboot": self.on_reboot,
+                "on_crash": self.on_crash}
+
+    @classmethod
+    def from_xl_config(cls, cfg: object, name: str) -> "DomainPlan | None":
+        """The plan a restored domain restarts with, or None when its config (from the
+        save file) names no kernel this host has."""
+        try:
+            b = cfg["b_info"]                                     # type: ignore[index]
+            kernel = Path(b["type.pv"]["kernel"])
+            plan = cls(DomainSpec(name, kernel, int(b["target_memkb"]) // 1024,
+                                  int(b["max_vcpus"]), str(b["type.pv"].get("cmdline", ""))),
+                       *(str(cfg.get(k, d)) for k, d in (("on_poweroff", "destroy"),  # type: ignore[union-attr]
+                                                          ("on_reboot", "restart"),
+                                                          ("on_crash", "destroy"))),
+                       disks=tuple(str(x["xenpy_spec"]) for x in cfg.get("disks", [])))  # type: ignore[union-attr]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+        return plan if kernel.is_file() else None
+
+
 @dataclass(eq=False)
 class _Client:
     """One control connection (the control thread's; ``out`` is shared under a lock)."""
@@ -432,11 +467,30 @@ class HostDaemon:
         except XenpyError:
             self.host.destroy_domain(d)
             raise
-        self._plans[d.domid] = plan
-        d.console_sink = lambda data, d=d: self._console_output(d, data)
-        d.on_shutdown.append(self._on_shutdown)
+        self.adopt(d, plan)
         log.info("d%d %s created", d.domid, d.name)
         return d
+
+    def adopt(self, d: "Domain", plan: DomainPlan | None = None) -> None:
+        """Serve ``d``: stream its console, carry out its shutdown actions, and restart
+        it with ``plan`` — for a restored or migrated-in domain, the config its save
+        stream carried (as `xl restore` does), when this host has its kernel."""
+        plan = plan or DomainPlan.from_xl_config(d.xl_config, d.name)
+        if plan is not None:
+            self._plans[d.domid] = plan
+            d.xl_config = plan.xl_config()
+        d.console_sink = lambda data, d=d: self._console_output(d, data)
+        d.on_shutdown.append(self._on_shutdown)
+        if d.finished:
+            self._on_shutdown(d)
+
+    def forget(self, d: "Domain", reason: str) -> None:
+        """``d`` was destroyed by someone else (saved, migrated away): end its consoles
+        and waiters and drop its plan."""
+        self._domain_gone(d.domid, reason)
+        self._plans.pop(d.domid, None)
+        self._force.pop(d.domid, None)
+        self._consoles.pop(d.domid, None)
 
     def _on_shutdown(self, d: "Domain") -> None:
         # Called inside the guest's hypercall: only note it, act between slices.
@@ -469,13 +523,9 @@ class HostDaemon:
         self.host.xenstored.write(f"{domain_path(d.domid)}/name", name)
 
     def _destroy(self, d: "Domain") -> None:
-        domid = d.domid
-        self._domain_gone(domid, "destroyed")
-        self._plans.pop(domid, None)
-        self._force.pop(domid, None)
-        self._consoles.pop(domid, None)
+        self.forget(d, "destroyed")
         self.host.destroy_domain(d)
-        log.info("d%d destroyed", domid)
+        log.info("d%d destroyed", d.domid)
 
     def _domain_gone(self, domid: int, reason: str) -> None:
         """The domain will not run again: end its consoles and traces, answer its waiters."""
@@ -565,6 +615,7 @@ class HostDaemon:
         plan = self._plans.get(d.domid)
         if plan is not None:
             self._plans[d.domid] = replace(plan, disks=plan.disks + (spec,))
+            d.xl_config = self._plans[d.domid].xl_config()
         return {"domid": d.domid, "vdev": disk.vdev, "devid": disk.devid}
 
     def _op_block_detach(self, client: _Client, req: Request) -> Mapping[str, Any]:
@@ -576,6 +627,7 @@ class HostDaemon:
         if plan is not None:
             keep = tuple(x for x in plan.disks if parse_disk_spec(x).devid != devid)
             self._plans[d.domid] = replace(plan, disks=keep)
+            d.xl_config = self._plans[d.domid].xl_config()
         blkback_for(self.host).poll()
         return {"domid": d.domid, "devid": devid}
 

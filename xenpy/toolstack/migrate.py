@@ -583,13 +583,7 @@ class HostdMigration:
                 self.errors.append(str(e))
                 log.warning("incoming migration failed: %s", e)
                 return
-            self._adopt(d)
-
-    def _adopt(self, d: "Domain") -> None:
-        """Let the daemon carry out this domain's shutdown actions, as for `create`."""
-        d.on_shutdown.append(self.daemon._on_shutdown)
-        if d.finished:
-            self.runner.call(lambda: self.daemon._on_shutdown(d))
+            self.runner.call(lambda: self.daemon.adopt(d))
 
     def close(self) -> None:
         if self.listener is not None:
@@ -608,13 +602,14 @@ class HostdMigration:
         if req.args.get("checkpoint"):
             domctl.unpause(d)
         else:
+            self.daemon.forget(d, "saved")
             self.daemon.host.destroy_domain(d)
         return {"bytes": n, "domid": d.domid}
 
     def _op_restore(self, client, req) -> dict:
         from .save_restore import restore_domain
         d = restore_domain(self.daemon.host, str(req.args["file"]), req.args.get("name"))
-        d.on_shutdown.append(self.daemon._on_shutdown)
+        self.daemon.adopt(d)
         if not req.args.get("paused"):
             domctl.unpause(d)
         return {"domid": d.domid, "name": d.name}
@@ -634,6 +629,7 @@ class HostdMigration:
             try:
                 with socket.create_connection(addr, timeout=60) as s:
                     stats = migrate_domain(self.runner, d, s, policy, progress=progress)
+                self.runner.call(lambda: self.daemon.forget(d, "migrated"))
                 server.queue_message(client, Reply(req.id, {"stats": stats.to_dict()}))
             except (OSError, XenpyError, TimeoutError) as e:
                 server.queue_message(client, ErrorReply(req.id, str(e)))

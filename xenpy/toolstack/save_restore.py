@@ -214,10 +214,10 @@ class DomainSaver:
         if len(p2m_frames) != want:          # a p2m list not where start_info says: recompute
             raise SaveError(f"d{d.domid}: start_info names {len(p2m_frames)} p2m frames, "
                             f"{want} expected for {len(d.p2m)} pages")
-        cfg = config or {"c_info": {"type": "pv", "name": d.name, "uuid": d.uuid},
-                         "b_info": {"max_vcpus": len(d.vcpus), "max_memkb": d.max_pages * 4,
-                                    "target_memkb": d.max_pages * 4,
-                                    "type.pv": {"cmdline": d.cmdline}}}
+        cfg = dict(config or d.xl_config or {
+            "b_info": {"max_vcpus": len(d.vcpus), "max_memkb": d.max_pages * 4,
+                       "target_memkb": d.max_pages * 4, "type.pv": {"cmdline": d.cmdline}}})
+        cfg["c_info"] = {**cfg.get("c_info", {}), "type": "pv", "name": d.name, "uuid": d.uuid}
         return [XlHeader.from_config(cfg), LibxlHeader(), LibxcContext(), ImageHeader(3),
                 DomainHeader(libxc.DHDR_TYPE_X86_PV, 4, 17), X86PvInfo(int(d.width), levels),
                 libxc.StaticDataEnd(), p2m]
@@ -487,6 +487,7 @@ class DomainRestorer:
         if self.name is None and not any(x.name == saved_name for x in host.domains.values()):
             d.name = saved_name
         d.uuid = str(info.get("uuid", d.uuid))
+        d.xl_config = self.config
         d.cmdline = str(info.get("cmdline", ""))
         d.vm_assist = int(info.get("vm_assist", 0))
         d.start_info_va = int(info["start_info_va"])
