@@ -220,3 +220,34 @@ def test_concurrent_ring_and_tools(daemon: Xenstored) -> None:
     assert not t.is_alive() and not errors
     assert daemon.read("/local/domain/1/g9") == b"199"
     assert daemon.read("/tools/t9") == b"199"
+
+
+def test_connection_io_state_moves_to_another_daemon(daemon: Xenstored) -> None:
+    """What a save carries besides the page: half a request already taken from req, and
+    replies that did not fit in rsp.  The new daemon completes both."""
+    g = _setup(daemon)
+    wire = XsWireConnection().send(Message(T.XS_WRITE, 7, 0, b"k\0v"))
+    g.push(wire[:10])                         # half a request, consumed by the daemon
+    daemon.ring_kick(1)
+    assert g.get(REQ_CONS) == g.get(REQ_PROD)
+    daemon._domains[1].queue(Message(T.XS_WATCH_EVENT, 0, 0, b"p\0t\0"))
+    g.put(RSP_CONS, g.get(RSP_PROD) - 1024)   # rsp full: the event stays queued
+    daemon.ring_kick(1)
+    inbound, outbound = daemon.domain_io_state(1)
+    assert inbound == wire[:10] and outbound.endswith(b"p\0t\0")
+    page = bytes(g.page)
+    other = Xenstored()
+    other.mkdir("/local/domain/5", perms=["n5"])
+    other.preload_io_state(5, inbound, outbound)
+    g2 = FakeGuest(other, 5, introduce=False)
+    g2.page[:] = page
+    g2.put(RSP_CONS, g2.get(RSP_PROD))        # the guest has read the full ring meanwhile
+    other.introduce_domain(5, memoryview(g2.page), g2.notify)
+    assert g2.pull() == outbound               # the queued event arrives first
+    g2.push(wire[10:])                         # the guest finishes its request
+    other.ring_kick(5)
+    parser = XsWireConnection()
+    parser.receive_data(g2.pull())
+    reply = parser.next_event()
+    assert isinstance(reply, Message) and reply.req_id == 7 and reply.payload == b"OK\0"
+    assert other.read("/local/domain/5/k") == b"v"

@@ -77,6 +77,7 @@ SECTION_VCPUS = "vcpus"
 SECTION_FIXUPS = "pte_fixups"
 SECTION_VBD = "vbd"
 SECTION_WATCHES = "xenstore_watches"
+SECTION_XS_IO = "xenstore_io"          # [request bytes half read, replies not yet in the ring]
 
 
 class SaveError(XenpyError):
@@ -304,6 +305,7 @@ class DomainSaver:
                 stack.extend(f"{rel}/{c}" if rel else c for c in host.xenstored.directory(path))
         watches = [[w.node, w.token.hex(), w.relative_to]
                    for w in host.xenstored.domain_watches(d.domid)]
+        xs_io = [b.hex() for b in host.xenstored.domain_io_state(d.domid)]
         gnt = {}
         if d.gnttab is not None:
             gnt = {"version": d.gnttab.version,
@@ -315,7 +317,7 @@ class DomainSaver:
         return (XenpyExtension()
                 .with_json(SECTION_DOMAIN, domain).with_json("evtchn", ports)
                 .with_json("console", console).with_json("xenstore", xs)
-                .with_json(SECTION_WATCHES, watches)
+                .with_json(SECTION_WATCHES, watches).with_json(SECTION_XS_IO, xs_io)
                 .with_json("gnttab", gnt).with_json(SECTION_VCPUS, vcpus)
                 .with_json(SECTION_VBD, blkback_persist.save_devices(host, d.domid))
                 .with_json(SECTION_FIXUPS, fix))
@@ -601,6 +603,12 @@ class DomainRestorer:
             host.consoles.consoles[d.domid].pending_input += bytes.fromhex(con["pending_input"])
         # XenStore: the toolstack's nodes, then the saved subtree re-rooted at the new domid
         update_wallclock(d)
+        xs_io = self.ext.json_section(SECTION_XS_IO) or ["", ""]
+        try:
+            inbound, outbound = (bytes.fromhex(x) for x in xs_io)
+        except (TypeError, ValueError):
+            raise StreamError(f"xenstore_io: Expected two hex strings, got {xs_io!r}") from None
+        host.xenstored.preload_io_state(d.domid, inbound, outbound)
         host.introduce_domain(d)
         root = f"/local/domain/{d.domid}"
         for rel, hexval, perms in self.ext.json_section("xenstore") or []:

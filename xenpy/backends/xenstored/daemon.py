@@ -73,6 +73,7 @@ class Xenstored:
         self._connections: list[Connection] = []
         self._domains: dict[int, RingConnection] = {}
         self._shutdown: set[int] = set()
+        self._preload: dict[int, tuple[bytes, bytes]] = {}   # restored domains (see preload_io_state)
         none0: Perms = (NodePerm(0, Perm.NONE),)
         self._special_perms: dict[str, Perms] = {name: none0 for name in _SPECIALS}
         self._handlers: dict[int, tuple[Callable[[Connection, Message, Transaction | None], bytes], int]] = {
@@ -182,6 +183,9 @@ class Xenstored:
         with self.critical():
             old = self._domains.get(domid)
             conn = RingConnection(self, domid, ring, notify)
+            preload = self._preload.pop(domid, None)
+            if preload is not None:
+                conn.load_io_state(*preload)
             if old is not None:
                 conn.watches, conn.transactions = old.watches, old.transactions
                 conn.target = old.target
@@ -213,6 +217,7 @@ class Xenstored:
     def release_domain(self, domid: int) -> None:
         """Stop serving ``domid``: drop its connection state; fires @releaseDomain."""
         with self.critical():
+            self._preload.pop(domid, None)
             conn = self._domains.pop(domid, None)
             if conn is None:
                 log.debug("xenstored: release of unknown domain %d", domid)
@@ -230,6 +235,18 @@ class Xenstored:
             if domid in self._domains and domid not in self._shutdown:
                 self._shutdown.add(domid)
                 self._fire([Change("@releaseDomain", False, ())])
+
+    def domain_io_state(self, domid: int) -> tuple[bytes, bytes]:
+        """A domain connection's bytes in flight outside its ring page (saved with it)."""
+        with self.critical():
+            conn = self._domains.get(domid)
+            return conn.io_state() if conn is not None else (b"", b"")
+
+    def preload_io_state(self, domid: int, inbound: bytes, outbound: bytes) -> None:
+        """The saved ``domain_io_state`` for a restored domain, taken over when it is
+        introduced — before its ring is first read, so a half-read request completes."""
+        with self.critical():
+            self._preload[domid] = (bytes(inbound), bytes(outbound))
 
     def domain_watches(self, domid: int) -> list[Watch]:
         """The watches a domain set on its ring (saved with the domain)."""

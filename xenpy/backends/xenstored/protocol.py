@@ -88,6 +88,10 @@ class XsWireConnection:
         """Bytes received but not yet returned as a message."""
         return len(self._buf)
 
+    def pending(self) -> bytes:
+        """Those bytes (a message still being received)."""
+        return bytes(self._buf)
+
     def next_event(self) -> Message | Need:
         """The next complete message, or NEED_DATA.
 

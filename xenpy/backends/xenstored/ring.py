@@ -89,6 +89,17 @@ class RingConnection(Connection):
         self.reset()
         self._signal = True
 
+    def io_state(self) -> tuple[bytes, bytes]:
+        """(request bytes taken from ``req`` that are not a whole message yet, reply and
+        event bytes not yet in ``rsp``): all a connection holds outside the ring page."""
+        out = self._partial + b"".join(self.parser.send(m) for m in self._out)
+        return self.parser.pending(), out
+
+    def load_io_state(self, inbound: bytes, outbound: bytes) -> None:
+        """Take over a saved connection's ``io_state`` (before the first kick)."""
+        self.parser.receive_data(inbound)
+        self._partial = outbound
+
     def kick(self) -> None:
         """Process the rings after the guest signalled (daemon lock held)."""
         if self._get(_CONNECTION) == XENSTORE_RECONNECT:
