@@ -151,6 +151,28 @@ def test_xenstore_watches_move_with_the_domain(tmp_path, width, _w):
     assert b"shutdown: poweroff" in d2.console_log
 
 
+@pytest.mark.parametrize("width,_w", WIDTHS)
+def test_system_time_and_timers_continue_on_a_host_whose_clock_is_behind(tmp_path, width, _w):
+    """The timer guest blocks between VIRQ_TIMER ticks of a periodic timer and checks
+    its system time never goes backwards.  Restored on a fresh host (clock near 0),
+    its time goes on from the saved value and its periodic timer keeps ticking."""
+    a = Host(64, deterministic=True)
+    d = boot_domain(a, DomainSpec("tm", GUEST / f"timer-{width}.elf", 16,
+                                  cmdline="m=30 period_us=5000"))
+    a.run([d], timeout=60, until=lambda: a.clock.now() > 60_000_000)
+    assert not d.finished
+    saved_time = a.clock.now()
+    domctl.pause(d)
+    sr.save_domain(d, tmp_path / "tm")
+    b = Host(64, deterministic=True)
+    d2 = sr.restore_domain(b, tmp_path / "tm")
+    assert b.clock.now() < saved_time
+    domctl.unpause(d2)
+    assert b.run([d2], timeout=60)
+    out = d2.console_log.decode()
+    assert "timer: PASS 30 ticks" in out and d2.shutdown_reason.name == "poweroff", out
+
+
 def test_corrupt_or_truncated_save_files_are_refused_naming_the_record(tmp_path):
     a = Host(96, deterministic=True)
     d = _boot(a, "x86_64", "ws=64 passes=3")

@@ -59,6 +59,7 @@ class Domain:
         self.uuid = new_uuid()
         #: the toolstack's libxl-style domain config (saved in the xl header, as xl does)
         self.xl_config: dict | None = None
+        self.time_offset_ns = 0          # system time - host clock (see hv/time.py)
         self.on_shutdown: list[Callable[["Domain"], None]] = []
         self._logged: set[str] = set()
         self.cpu_time = 0.0                       # seconds of host time spent running

@@ -9,6 +9,7 @@ from ..abi.sched import (SCHEDOP_block, SCHEDOP_poll, SCHEDOP_remote_shutdown,
                          SCHEDOP_shutdown, SCHEDOP_shutdown_code, SCHEDOP_yield,
                          SCHEDOP_watchdog, Shutdown)
 from .hypercall import hypercall
+from .time import guest_now, to_host
 
 if TYPE_CHECKING:
     from .vcpu import Vcpu
@@ -57,11 +58,11 @@ def do_sched_op(v: "Vcpu", cmd: int, arg: int) -> int:
                 return -Errno.EINVAL
             if si.evtchn_pending[p // bits] >> (p % bits) & 1:
                 return 0
-        if timeout and timeout <= v.domain.host.clock.now():
+        if timeout and timeout <= guest_now(v.domain):
             return 0
         v.poll_ports = True
         if timeout:
-            v.poll_timer = v.domain.host.timers.add(v, timeout, "wake")
+            v.poll_timer = v.domain.host.timers.add(v, to_host(v.domain, timeout), "wake")
         v.block()
         return 0
     if cmd == SCHEDOP_remote_shutdown:

@@ -10,6 +10,12 @@ clock of ours, which is either
   block hook), so that runs are deterministic: same guests, same output.
 
 The TSC runs at 1 GHz (1 tick = 1 ns): tsc_to_system_mul = 2^31 with tsc_shift = 1.
+
+A domain's system time is that clock plus ``Domain.time_offset_ns`` (0 for a domain
+built here).  A restored or migrated-in domain gets the offset that continues its time
+from where it was saved: its guest takes no part in the move (no resume hook re-reads
+the clock), so its time must not jump and its absolute timer deadlines stay valid.
+Timer deadlines are kept in host time; ``guest_now``/``to_host`` convert.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from ..abi.xen import Width
 from .hypercall import hypercall
 
 if TYPE_CHECKING:
+    from .domain import Domain
     from .vcpu import Vcpu
 
 TSC_KHZ = 1_000_000
@@ -103,9 +110,19 @@ class TimerQueue:
         return out
 
 
+def guest_now(d: "Domain") -> int:
+    """The domain's system time (ns)."""
+    return d.host.clock.now() + d.time_offset_ns
+
+
+def to_host(d: "Domain", deadline: int) -> int:
+    """A deadline in the domain's system time, on the host's clock."""
+    return deadline - d.time_offset_ns
+
+
 def update_vcpu_time(v: "Vcpu") -> None:
     """update_vcpu_system_time: the version protocol (odd while we write)."""
-    now = v.domain.host.clock.now()
+    now = guest_now(v.domain)
     t = v.vcpu_info.time
     t.version = (t.version + 1) | 1
     t.tsc_timestamp = now            # the TSC is the clock at 1 GHz
@@ -117,10 +134,10 @@ def update_vcpu_time(v: "Vcpu") -> None:
 
 
 def update_wallclock(d) -> None:
-    """shared_info's wallclock: host boot time in UTC (seconds, nanoseconds)."""
+    """shared_info's wallclock: the UTC time at system time 0 (seconds, nanoseconds)."""
     si = d.shared_info
     host = d.host
-    boot = host.wallclock_base_ns
+    boot = host.wallclock_base_ns - d.time_offset_ns
     si.wc_version = (si.wc_version + 1) | 1
     si.wc_sec = (boot // 1_000_000_000) & 0xFFFFFFFF
     si.wc_nsec = boot % 1_000_000_000
@@ -132,7 +149,7 @@ def update_wallclock(d) -> None:
 
 
 def rdtsc(v: "Vcpu") -> int:
-    return v.domain.host.clock.now()
+    return guest_now(v.domain)
 
 
 def fire(t: Timer) -> None:
@@ -156,11 +173,13 @@ def fire(t: Timer) -> None:
 
 
 def set_singleshot(v: "Vcpu", deadline: int | None) -> None:
+    """Arm (or with 0/None cancel) the vCPU's single-shot timer; ``deadline`` in the
+    domain's system time."""
     if v.singleshot is not None:
         v.singleshot.cancelled = True
         v.singleshot = None
     if deadline:
-        v.singleshot = v.domain.host.timers.add(v, deadline, "singleshot")
+        v.singleshot = v.domain.host.timers.add(v, to_host(v.domain, deadline), "singleshot")
         v.domain.host.notify_event(v.domain)
 
 
@@ -190,7 +209,7 @@ def do_vcpu_op(v: "Vcpu", cmd: int, vcpuid: int, arg: int) -> int:
         # struct vcpu_set_singleshot_timer { uint64 timeout_abs_ns; uint32 flags; }
         deadline = g.read_u64(arg)
         flags = g.read_u32(arg + 8)
-        if flags & 1 and deadline < d.host.clock.now():   # VCPU_SSHOTTMR_future
+        if flags & 1 and deadline < guest_now(d):         # VCPU_SSHOTTMR_future
             return -Errno.ETIME
         set_singleshot(target, deadline)
         return 0
@@ -211,7 +230,7 @@ def do_vcpu_op(v: "Vcpu", cmd: int, vcpuid: int, arg: int) -> int:
         return 0
     if cmd == VO.VCPUOP_get_runstate_info:
         # struct vcpu_runstate_info { int state; uint64 state_entry_time; uint64 time[4]; }
-        now = d.host.clock.now()
+        now = guest_now(d)
         g.write(arg, (0).to_bytes(8, "little") + now.to_bytes(8, "little")
                 + int(target.run_ns).to_bytes(8, "little") + bytes(24))
         return 0

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 from ..abi.xen import PAGE_SHIFT, PAGE_SIZE, Width, _PAGE_PRESENT
 from ..errors import StreamError, XenpyError
 from ..hv import domctl
+from ..hv.time import guest_now
 from ..hv.guest_access import MADDR_MASK
 from ..hv.machine import PageType
 from ..backends.xenstored.connection import Watch
@@ -227,8 +228,7 @@ class DomainSaver:
         """Everything after the pages (domain paused): TSC, shared_info, vCPUs, END and the
         xenpy extension, then the libxl END."""
         d = self.d
-        clock = d.host.clock
-        items: list[object] = [X86TscInfo(0, 1_000_000, clock.now() & (2**64 - 1), 0),
+        items: list[object] = [X86TscInfo(0, 1_000_000, guest_now(d) & (2**64 - 1), 0),
                                SharedInfo(bytes(d.mem.page(d.shared_info_mfn)))]
         for v in d.vcpus:
             items.append(X86PvVcpuBasic(v.vcpu_id, self.canonical_context(v)))
@@ -311,7 +311,8 @@ class DomainSaver:
             gnt = {"version": d.gnttab.version,
                    "frames": [f.hex() for f in d.gnttab.saved_frames(self._own_pfn)]}
         vcpus = [{"iopl": v.iopl, "nmi_callback": v.nmi_callback,
-                  "pending_user": None if v.pending_user is None else _pending_user(v.pending_user)}
+                  "pending_user": None if v.pending_user is None else _pending_user(v.pending_user),
+                  "singleshot": _guest_deadline(v.singleshot), "periodic": v.periodic_period}
                  for v in d.vcpus]
         fix = [[f.table_pfn, f.index, f.kind, f.flags] for f in self.fixups()]
         return (XenpyExtension()
@@ -372,6 +373,7 @@ class DomainRestorer:
         self.name = name
         self.d: "Domain | None" = None
         self.config: dict | None = None
+        self.tsc_nsec: int | None = None         # the domain's system time when saved
         self.pv_info: X86PvInfo | None = None
         self.p2m_frames: X86PvP2mFrames | None = None
         self.types: dict[int, int] = {}
@@ -397,6 +399,8 @@ class DomainRestorer:
                 self.shared_info = item.page
             case X86PvVcpuBasic():
                 self.contexts[item.vcpu_id] = item.context
+            case X86TscInfo():
+                self.tsc_nsec = item.nsec
             case EmulatorContext():
                 ext = XenpyExtension.from_record(item)
                 if ext is not None:
@@ -467,7 +471,7 @@ class DomainRestorer:
     def _finish(self) -> "Domain":
         from ..hv import mm
         from ..hv.event_channel import ECS, Channel
-        from ..hv.time import update_wallclock
+        from ..hv.time import set_singleshot, update_wallclock
         d = self.d
         host = self.host
         if d is None or not self.done:
@@ -567,9 +571,17 @@ class DomainRestorer:
             if vid >= len(d.vcpus):
                 raise StreamError(f"X86_PV_VCPU_BASIC vcpu_id: Expected < {len(d.vcpus)}, got {vid}")
             domctl.setvcpucontext(d.vcpus[vid], self._localise_context(ctx))
+        # its system time goes on from where it was saved (hv/time.py), timers with it
+        if self.tsc_nsec is not None:
+            d.time_offset_ns = self.tsc_nsec - host.clock.now()
         for v, extra in zip(d.vcpus, self.ext.json_section(SECTION_VCPUS) or []):
             v.iopl = int(extra.get("iopl", 0))
             v.nmi_callback = int(extra.get("nmi_callback", 0))
+            if extra.get("singleshot"):
+                set_singleshot(v, int(extra["singleshot"]))
+            if extra.get("periodic"):
+                v.periodic_period = int(extra["periodic"])
+                v.periodic = host.timers.add(v, host.clock.now() + v.periodic_period, "periodic")
             pu = extra.get("pending_user")
             if pu:
                 from ..hv.vcpu import PendingUserEvent, TrapEntry
@@ -665,6 +677,13 @@ class DomainRestorer:
                 pfn = domctl.xen_cr3_to_pfn(d.width, ctx.ctrlreg[r])
                 ctx.ctrlreg[r] = domctl.xen_pfn_to_cr3(d.width, mfn_of(pfn, f"ctrlreg[{r}]"))
         return bytes(ctx)
+
+
+def _guest_deadline(t) -> int | None:
+    """A live timer's deadline in its domain's system time."""
+    if t is None or t.cancelled:
+        return None
+    return t.deadline + t.vcpu.domain.time_offset_ns
 
 
 def _reroot(path: str, old: int, new: int) -> str:
