@@ -25,11 +25,20 @@ def hosts(tmp_path):
         p.stop()
 
 
-def _passes(h: HostProc, name: str) -> int:
+def _progress(h: HostProc, name: str, what: str) -> int:
+    """The last "<what> N ok" a guest printed (memtouch: pass, blkloop: round)."""
     log = decode_bytes(h.call("console", dom=name)["log"], "log").decode()
     assert "FAIL" not in log, log
-    found = re.findall(r"pass (\d+) ok", log)
+    found = re.findall(rf"{what} (\d+) ok", log)
     return int(found[-1]) if found else 0
+
+
+def _passes(h: HostProc, name: str) -> int:
+    return _progress(h, name, "pass")
+
+
+def _rounds(h: HostProc, name: str) -> int:
+    return _progress(h, name, "round")
 
 
 def test_cli_migrate_save_and_restore(hosts, tmp_path):
@@ -56,13 +65,6 @@ def test_cli_migrate_save_and_restore(hosts, tmp_path):
     bad.write_bytes(save.read_bytes()[:4096])
     proc = a.xenpy("restore", str(bad), check=False)
     assert proc.returncode != 0 and "truncated" in proc.stderr
-
-
-def _rounds(h: HostProc, name: str) -> int:
-    log = decode_bytes(h.call("console", dom=name)["log"], "log").decode()
-    assert "FAIL" not in log, log
-    found = re.findall(r"round (\d+) ok", log)
-    return int(found[-1]) if found else 0
 
 
 def test_cli_a_domain_with_a_disk_migrates_saves_and_restores(hosts, tmp_path):
