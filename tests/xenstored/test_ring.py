@@ -251,3 +251,20 @@ def test_connection_io_state_moves_to_another_daemon(daemon: Xenstored) -> None:
     reply = parser.next_event()
     assert isinstance(reply, Message) and reply.req_id == 7 and reply.payload == b"OK\0"
     assert other.read("/local/domain/5/k") == b"v"
+
+
+def test_restored_open_transaction_commits_with_eagain(daemon: Xenstored) -> None:
+    """A transaction open when its domain was saved: the restored connection knows its id,
+    reads and writes in it work, and its commit is a conflict (EAGAIN), so the guest
+    retries; the retry commits."""
+    g = _setup(daemon, 3)
+    daemon.restore_transactions(3, [5], 9)
+    assert g.request(T.XS_WRITE, raw=b"k\0v", tx=5).payload == b"OK\0"
+    end = g.request(T.XS_TRANSACTION_END, "T", tx=5)
+    assert end.type == T.XS_ERROR and end.payload == b"EAGAIN\0"
+    assert not daemon.exists("/local/domain/3/k")
+    tx = int(g.request(T.XS_TRANSACTION_START, "").payload.rstrip(b"\0"))
+    assert tx == 9
+    g.request(T.XS_WRITE, raw=b"k\0v", tx=tx)
+    assert g.request(T.XS_TRANSACTION_END, "T", tx=tx).payload == b"OK\0"
+    assert daemon.read("/local/domain/3/k") == b"v"

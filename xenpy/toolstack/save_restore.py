@@ -79,6 +79,7 @@ SECTION_FIXUPS = "pte_fixups"
 SECTION_VBD = "vbd"
 SECTION_WATCHES = "xenstore_watches"
 SECTION_XS_IO = "xenstore_io"          # [request bytes half read, replies not yet in the ring]
+SECTION_XS_TX = "xenstore_transactions"  # {"open": [ids], "next": id}
 
 
 class SaveError(XenpyError):
@@ -306,6 +307,7 @@ class DomainSaver:
         watches = [[w.node, w.token.hex(), w.relative_to]
                    for w in host.xenstored.domain_watches(d.domid)]
         xs_io = [b.hex() for b in host.xenstored.domain_io_state(d.domid)]
+        xs_tx = host.xenstored.domain_transactions(d.domid)
         gnt = {}
         if d.gnttab is not None:
             gnt = {"version": d.gnttab.version,
@@ -319,6 +321,7 @@ class DomainSaver:
                 .with_json(SECTION_DOMAIN, domain).with_json("evtchn", ports)
                 .with_json("console", console).with_json("xenstore", xs)
                 .with_json(SECTION_WATCHES, watches).with_json(SECTION_XS_IO, xs_io)
+                .with_json(SECTION_XS_TX, {"open": xs_tx[0], "next": xs_tx[1]})
                 .with_json("gnttab", gnt).with_json(SECTION_VCPUS, vcpus)
                 .with_json(SECTION_VBD, blkback_persist.save_devices(host, d.domid))
                 .with_json(SECTION_FIXUPS, fix))
@@ -627,6 +630,15 @@ class DomainRestorer:
             perms = [_reown(p, int(info.get("old_domid", -1)), d.domid) for p in perms]
             host.xenstored.write(f"{root}/{rel}", bytes.fromhex(hexval), perms)
         host.xenstored.restore_watches(d.domid, self._watches(int(info.get("old_domid", -1))))
+        xs_tx = self.ext.json_section(SECTION_XS_TX) or {"open": [], "next": 1}
+        try:
+            ids = [int(t) for t in xs_tx["open"]]
+            if len(ids) > 1024 or not all(0 < t < 1 << 32 for t in ids):
+                raise ValueError
+            host.xenstored.restore_transactions(d.domid, ids, int(xs_tx["next"]))
+        except (KeyError, TypeError, ValueError):
+            raise StreamError(f"xenstore_transactions: Expected {{open, next}}, "
+                              f"got {xs_tx!r}") from None
         blkback_persist.restore_devices(host, d, vbds)
         return d
 

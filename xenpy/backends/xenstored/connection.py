@@ -57,6 +57,7 @@ class Connection:
         self.parser = XsWireConnection()
         self.watches: list[Watch] = []
         self.transactions: dict[int, Transaction] = {}
+        self.doomed_tx: set[int] = set()    # restored open transactions: commit is EAGAIN
         self.next_tx_id = 1
         self.closed = False
         #: called (outside the daemon lock) when output was queued from elsewhere
@@ -127,6 +128,7 @@ class Connection:
         """Forget watches, transactions and buffered I/O (reconnect, re-introduce)."""
         self.watches.clear()
         self.transactions.clear()
+        self.doomed_tx.clear()
         self._out.clear()
         self._out_bytes = 0
         self.parser = XsWireConnection()

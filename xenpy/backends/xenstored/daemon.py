@@ -147,6 +147,7 @@ class Xenstored:
         """ignore_connection(): drop watches and transactions of a dead connection."""
         conn.watches.clear()
         conn.transactions.clear()
+        conn.doomed_tx.clear()
 
     def feed(self, conn: Connection, data: bytes) -> None:
         with self.critical():
@@ -247,6 +248,25 @@ class Xenstored:
         introduced — before its ring is first read, so a half-read request completes."""
         with self.critical():
             self._preload[domid] = (bytes(inbound), bytes(outbound))
+
+    def domain_transactions(self, domid: int) -> tuple[list[int], int]:
+        """(open transaction ids, next id) of a domain's connection (saved with it)."""
+        with self.critical():
+            conn = self._domains.get(domid)
+            if conn is None:
+                return [], 1
+            return sorted(conn.transactions), conn.next_tx_id
+
+    def restore_transactions(self, domid: int, ids: Sequence[int], next_id: int) -> None:
+        """A restored domain's open transactions, by their ids: their snapshot stayed
+        on the old host, so each starts afresh here and its commit fails with EAGAIN —
+        a conflict, which every xenbus client retries (as after a live update)."""
+        with self.critical():
+            conn = self._domains[domid]
+            for tx_id in ids:
+                conn.transactions[tx_id] = self.store.start(tx_id, conn.caller)
+                conn.doomed_tx.add(tx_id)
+            conn.next_tx_id = next_id & 0xFFFFFFFF or 1
 
     def domain_watches(self, domid: int) -> list[Watch]:
         """The watches a domain set on its ring (saved with the domain)."""
@@ -510,7 +530,11 @@ class Xenstored:
             raise XsError("ENOENT", "no transaction")
         del conn.transactions[tx.id]
         if arg == "T":
+            if tx.id in conn.doomed_tx:
+                conn.doomed_tx.discard(tx.id)
+                raise XsError("EAGAIN", "the transaction was open when the domain was saved")
             self._fire(self.store.commit(tx))
+        conn.doomed_tx.discard(tx.id)
         return _OK
 
     def _do_introduce(self, conn: Connection, msg: Message, tx: Transaction | None) -> bytes:
