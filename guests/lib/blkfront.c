@@ -8,6 +8,11 @@
  * backend has unmapped by then; a grant still in use is reported and leaked,
  * never reused); with them, the slot's pool pages and indirect page are
  * granted at open and revoked at close.
+ *
+ * Cost per request matters (every guest instruction is emulated): a free
+ * slot is found with one bit scan, and with persistent grants a slot's
+ * indirect page - whose segments never change for a given length - is only
+ * rewritten when the length changes.
  */
 #include "xg_blk.h"
 #include "xg_events.h"
@@ -15,9 +20,11 @@
 
 #define XG_BLK_GREF0  16
 #define XG_BLK_GREFS  (4 + XG_BLK_QUEUE * (XG_BLK_MAX_PAGES + 1))
-/* The library's grant table is one frame of 512 v1 entries. */
-#define XG_BLK_DEVS   ((512 - XG_BLK_GREF0) / XG_BLK_GREFS)
+#define XG_BLK_DEVS   ((XG_GNTTAB_ENTRIES - XG_BLK_GREF0) / XG_BLK_GREFS)
 #define STATE_WAIT_NS 10000000000ULL      /* 10 s of system time per handshake step */
+#define ALL_SLOTS     ((uint32_t)((1ULL << XG_BLK_QUEUE) - 1))
+
+_Static_assert(XG_BLK_QUEUE <= 32, "free_slots is a 32-bit mask");
 
 unsigned long xg_blk_vdev_devid(const char *vdev)
 {
@@ -121,6 +128,7 @@ int xg_blk_open(struct xg_blk *b, struct xg_blk_mem *mem, unsigned long devid,
     if (index >= XG_BLK_DEVS || order > XG_BLK_MAX_ORDER)
         return -XEN_EINVAL;
     memset(b, 0, sizeof(*b));
+    b->free_slots = ALL_SLOTS;
     b->mem = mem;
     b->devid = devid;
     b->order = order;
@@ -245,6 +253,7 @@ static void collect(struct xg_blk *b)
                 memcpy(s->copy_to, b->mem->pool[id], s->copy_len);
             s->copy_to = NULL;
             s->busy = 0;
+            b->free_slots |= 1U << id;
             b->inflight--;
         }
         b->ring.rsp_cons = rp;
@@ -268,19 +277,23 @@ static int all_done_cond(void *arg)
     return b->inflight == 0;
 }
 
+/* A free slot, marked busy (events masked on return, as xg_wait_until leaves them). */
 static int alloc_slot(struct xg_blk *b)
 {
     unsigned int i;
-
     int rc = xg_wait_until(slot_free_cond, b, 0);
 
     xg_local_irq_disable();
     if (rc < 0)
         return -XEN_ETIMEDOUT;
-    for (i = 0; i < XG_BLK_QUEUE; i++)
-        if (!b->slot[i].busy)
-            return (int)i;
-    return -XEN_EBUSY;
+    if (!b->free_slots)
+        return -XEN_EBUSY;
+    i = (unsigned int)__builtin_ctz(b->free_slots);
+    b->free_slots &= ~(1U << i);
+    b->slot[i].busy = 1;
+    b->slot[i].nr_grefs = 0;
+    b->inflight++;
+    return (int)i;
 }
 
 static void push(struct xg_blk *b)
@@ -295,7 +308,7 @@ static void push(struct xg_blk *b)
 
 int xg_blk_submit(struct xg_blk *b, uint8_t op, uint64_t sector, void *buf, size_t len)
 {
-    unsigned int npages, k, nsect;
+    unsigned int npages, nfill, k, nsect;
     struct xg_blk_slot *s;
     int slot, readonly = op != BLKIF_OP_READ;
     struct blkif_request_segment *segs;
@@ -318,10 +331,7 @@ int xg_blk_submit(struct xg_blk *b, uint8_t op, uint64_t sector, void *buf, size
     if (slot < 0)
         return slot;
     s = &b->slot[slot];
-    s->busy = 1;
-    s->nr_grefs = 0;
     s->copy_to = NULL;
-    b->inflight++;
     if (b->persistent && buf) {
         if (op == BLKIF_OP_READ) {
             s->copy_to = buf;
@@ -330,6 +340,7 @@ int xg_blk_submit(struct xg_blk *b, uint8_t op, uint64_t sector, void *buf, size
             memcpy(b->mem->pool[slot], buf, len);
         }
     }
+    nfill = npages;
     segs = npages > BLKIF_MAX_SEGMENTS_PER_REQUEST ? b->mem->indirect[slot] : NULL;
     if (!segs) {
         blkif_request_t *req = RING_GET_REQUEST(&b->ring, b->ring.req_prod_pvt);
@@ -353,9 +364,13 @@ int xg_blk_submit(struct xg_blk *b, uint8_t op, uint64_t sector, void *buf, size
         if (!b->persistent) {
             xg_gnttab_grant(ig, b->backend_id, xg_virt_to_mfn(segs), 1);
             s->grefs[s->nr_grefs++] = ig;
+        } else if (s->ind_len == len) {
+            nfill = 0;                   /* the page already says so: nothing to write */
+        } else {
+            s->ind_len = len;
         }
     }
-    for (k = 0; k < npages; k++) {
+    for (k = 0; k < nfill; k++) {
         grant_ref_t g = slot_gref(b, (unsigned int)slot, k);
         size_t left = len - k * XG_PAGE_SIZE;
 
@@ -381,9 +396,6 @@ static int simple(struct xg_blk *b, uint8_t op, uint64_t sector, uint64_t nr)
 
     if (slot < 0)
         return slot;
-    b->slot[slot].busy = 1;
-    b->slot[slot].nr_grefs = 0;
-    b->inflight++;
     req = RING_GET_REQUEST(&b->ring, b->ring.req_prod_pvt);
     if (op == BLKIF_OP_DISCARD) {
         blkif_request_discard_t *d = (blkif_request_discard_t *)req;

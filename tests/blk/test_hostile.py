@@ -140,3 +140,24 @@ def test_random_slots_through_the_ring(front, image):
     assert os.path.getsize(image) == 4 << 20
     assert all(front.g.end_grant(r) for r in refs)
     assert front.do(front.rw(B.BLKIF_OP_READ, 0, [(front.grant_data(0), 0, 0)])) == [OK]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 9), st.integers(0, 9)),
+                min_size=1, max_size=B.MAX_INDIRECT_SEGMENTS),
+       st.booleans())
+def test_segment_parsing_matches_the_definition(segs, whole):
+    """The batched segment parser (one unpack, a whole-page shortcut) decides exactly as a
+    segment-by-segment reading of blkif.h: 0 <= first_sect <= last_sect < 8, else refused
+    naming the first bad segment."""
+    if whole:
+        segs = [(g, 0, 7) for g, _, _ in segs]
+    raw = b"".join(B.SEGMENT.pack(g, f, la, 0) for g, f, la in segs)
+    req = P.parse_indirect_segments(P.Indirect(1, B.BLKIF_OP_READ, 0, len(segs), (5,)), [raw])
+    bad = next((i for i, (_, f, la) in enumerate(segs) if not f <= la < 8), None)
+    if bad is None:
+        assert isinstance(req, P.ReadWrite)
+        assert list(req.segments) == segs
+        assert req.nr_sectors == sum(la - f + 1 for _, f, la in segs)
+    else:
+        assert isinstance(req, P.Invalid) and f"segment {bad}:" in req.reason

@@ -51,6 +51,7 @@ struct xg_blk_slot {
     grant_ref_t grefs[XG_BLK_MAX_PAGES + 1];
     void *copy_to;                    /* persistent READ: copy the pool here after */
     size_t copy_len;
+    size_t ind_len;                   /* persistent: bytes the indirect page describes */
 };
 
 struct xg_blk_mem {
@@ -77,13 +78,14 @@ struct xg_blk {
     int feature_flush, feature_barrier, feature_discard;
     /* in flight */
     struct xg_blk_slot slot[XG_BLK_QUEUE];
+    uint32_t free_slots;           /* bit i: slot[i] is free */
     unsigned int inflight;
     unsigned long errors, notifies, requests;
     int16_t last_status;
 };
 
-/* index: which of the guest's devices (only 0 while the grant table is one
- * frame): picks its grant refs; persistent: offer feature-persistent. */
+/* index: which of the guest's devices (0..6 with the library's grant table of
+ * XG_GNTTAB_ENTRIES): picks its grant refs; persistent: offer feature-persistent. */
 int xg_blk_open(struct xg_blk *b, struct xg_blk_mem *mem, unsigned long devid,
                 unsigned int index, unsigned int order, int persistent);
 int xg_blk_close(struct xg_blk *b);

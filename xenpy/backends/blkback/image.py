@@ -76,6 +76,8 @@ class Image:
                               f"device, got mode {st.st_mode:#o}")
         self.info = ImageInfo(path, size, ssz, is_dev, readonly)
         self.closed = False
+        # RWF_NOWAIT works for this fd (cleared at the first EOPNOTSUPP): see readv_nowait
+        self.nowait_read = self.nowait_write = hasattr(os, "RWF_NOWAIT")
 
     @property
     def size(self) -> int:
@@ -105,6 +107,33 @@ class Image:
                     b[:] = bytes(len(b))
                 return
             done += n
+
+    def readv_nowait(self, offset: int, bufs: list[memoryview], total: int) -> bool:
+        """Fill ``bufs`` (``total`` bytes) from ``offset`` only if that cannot block:
+        preadv2(RWF_NOWAIT) succeeds only when every byte is in the page cache.  False
+        (nothing promised about ``bufs``) means "do it on the worker": data not cached,
+        a short read, a kernel or file without RWF_NOWAIT.  Safe on the scheduler thread."""
+        if not self.nowait_read or offset + total > self.info.size:
+            return False
+        try:
+            return os.preadv(self.fd, bufs, offset, os.RWF_NOWAIT) == total
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                self.nowait_read = False        # never supported here: stop asking
+            return False
+
+    def writev_nowait(self, offset: int, bufs: list[memoryview], total: int) -> bool:
+        """``writev`` only if it cannot block (pwritev2(RWF_NOWAIT); buffered writes
+        support it on few filesystems, e.g. not on ext4 before Linux 6.x): as readv_nowait.
+        A partial write is not undone: the worker simply writes the whole range again."""
+        if not self.nowait_write or self.info.readonly or offset + total > self.info.size:
+            return False
+        try:
+            return os.pwritev(self.fd, bufs, offset, os.RWF_NOWAIT) == total
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                self.nowait_write = False
+            return False
 
     def writev(self, offset: int, bufs: list[memoryview]) -> None:
         if self.info.readonly:
