@@ -15,6 +15,8 @@
  *   past-end    a read at `sectors` fails (BLKIF_RSP_ERROR)
  *   reconnect   close (Closing, Closed), open again, data still there
  *   read-only   (ro=1) writes, barriers and discards fail, reads work
+ *   second-disk (devid2=<n>) a second device (index 1) opened alongside the
+ *               first: a pattern written to each reads back from each
  * Last line: "blktest: PASS (<n> checks)" or "blktest: FAIL (k of n failed)".
  */
 #include "xg_blk.h"
@@ -26,7 +28,8 @@ static char wbuf[XG_BLK_MAX_BYTES]
 static char rbuf[XG_BLK_MAX_BYTES]
     __attribute__((aligned(XG_PAGE_SIZE), section(".bss.page_aligned")));
 static struct xg_blk_mem blkmem __attribute__((section(".bss.page_aligned")));
-static struct xg_blk blk;
+static struct xg_blk_mem blkmem2 __attribute__((section(".bss.page_aligned")));
+static struct xg_blk blk, blk2;
 static int persistent;
 static unsigned int checks, failed;
 static unsigned long seed;
@@ -147,9 +150,33 @@ static void check_read_only(void)
               (unsigned char)rbuf[1], (unsigned char)rbuf[2], (unsigned char)rbuf[3]);
 }
 
+static void check_second_disk(unsigned long devid2)
+{
+    int o = xg_blk_open(&blk2, &blkmem2, devid2, 1, 0, persistent);
+    int w1, w2, r1, r2, c1, c2, c;
+
+    if (o) {
+        check("second-disk", 0, "open devid %lu: %d", devid2, o);
+        return;
+    }
+    fill(wbuf, 8192, seed + 10);
+    w1 = xg_blk_write(&blk, 3000, wbuf, 8192);
+    fill(wbuf, 8192, seed + 20);
+    w2 = xg_blk_write(&blk2, 3000, wbuf, 8192);
+    r2 = xg_blk_read(&blk2, 3000, rbuf, 8192);
+    c2 = memcmp(wbuf, rbuf, 8192) == 0;
+    fill(wbuf, 8192, seed + 10);
+    r1 = xg_blk_read(&blk, 3000, rbuf, 8192);
+    c1 = memcmp(wbuf, rbuf, 8192) == 0;
+    c = xg_blk_close(&blk2);
+    check("second-disk", !w1 && !w2 && !r1 && !r2 && c1 && c2 && !c,
+          "rc %d %d / %d %d, same %d %d, close %d", w1, w2, r1, r2, c1, c2, c);
+}
+
 int main(void)
 {
     unsigned long devid = xg_cmdline_ulong("devid", 51712);
+    unsigned long devid2 = xg_cmdline_ulong("devid2", 0);
     unsigned int order = (unsigned int)xg_cmdline_ulong("order", 0);
     int ro = (int)xg_cmdline_ulong("ro", 0);
     long rc;
@@ -177,6 +204,8 @@ int main(void)
         check_rw();
         check_flush_barrier_discard();
         check_past_end();
+        if (devid2)
+            check_second_disk(devid2);
         check_reconnect(devid, order);
     }
     xg_blk_close(&blk);
