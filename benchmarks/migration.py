@@ -7,7 +7,7 @@ over loopback TCP with Xen's stopping rules (30 rounds, < 50 pages, 3x memory):
   moderate rate (2000 pages/s; ws=0 is an idle guest);
 * the "diabolical" guest of Clark et al.: 16 MiB rewritten as fast as the CPU can, i.e.
   faster than the pre-copy can send it, so the policy has to give up;
-* the same 1 MiB case with the unlogged-write safety net on (the default policy): it
+* the same 1 MiB case with the unlogged-write safety net on (off by default): it
   re-checks every page's crc after the pause, so its cost grows with memory;
 * guest store throughput (memtouch passes over 4 MiB per wall second) with log-dirty on
   and off, measured in the same run on the same host, alternating, several times.
@@ -112,7 +112,7 @@ def main() -> int:
     # diabolical: rewrite 16 MiB flat out, against Xen 2005's rate limit (100 Mbit/s, then
     # dirty rate + 50, at most 500): the guest dirties faster than the link may send
     rows.append(one_migration(64, 16384, 0, limit=True))
-    # the unlogged-write safety net (Policy.verify_unlogged, on by default) costs downtime
+    # the unlogged-write safety net (Policy.verify_unlogged, off by default) costs downtime
     rows += [one_migration(m, 1024, 2000, verify=True) for m in ((64,) if args.quick else (64, 256))]
     print(f"{'guest':>6} {'ws':>7} {'rate':>6} {'rounds':>6} {'sent':>7} {'last':>6} "
           f"{'unlog':>5} {'down ms':>8} {'total s':>8} net  stop")

@@ -164,7 +164,7 @@ def test_live_migration_with_a_disk(tmp_path, disk, width):
         t = threading.Thread(target=receiver)
         t.start()
         with socket.create_connection(srv.getsockname()) as s:
-            stats = migrate_domain(ra, d, s, Policy(max_rounds=4))
+            stats = migrate_domain(ra, d, s, Policy(max_rounds=4, verify_unlogged=True))
         t.join(30)
         d2 = got["d"]
         before = d2.console_log.count(b" ok\n")

@@ -79,7 +79,9 @@ def test_cli_a_domain_with_a_disk_migrates_saves_and_restores(hosts, tmp_path):
                    f'disk = ["format=raw, vdev=xvda, access=rw, target={img}"]\n')
     a.xenpy("create", str(cfg))
     wait_for(lambda: _rounds(a, "bl") >= 20, "blkloop running on A")
-    a.xenpy("migrate", "bl", b.banner["XENPY_MIGRATION"], timeout=120)
+    out = a.xenpy("migrate", "bl", b.banner["XENPY_MIGRATION"], "--verify-unlogged", "--json",
+                  timeout=120)
+    assert json.loads(out.stdout)["unlogged_pages"] == 0
     assert "bl" not in a.rows()
     wait_for(lambda: _rounds(b, "bl") >= 40, "blkloop continuing on B")
     listed = b.xenpy("block-list", "bl").stdout
