@@ -117,12 +117,13 @@ def pending_iret(v) -> tuple[int, int, int, int, int] | None:
     return ip, cs & 0xFFFF, flags, sp, ss & 0xFFFF
 
 
-def run_pending_iret(v) -> bool:
-    """Execute the firmware's ring-0 iret now (it is the next instruction; the run stops
-    where it lands, before any guest code), so the vCPU is at its guest context."""
+def enter_guest_context(v) -> bool:
+    """True when the vCPU is at its guest context — after executing the firmware's
+    ring-0 iret first if one is pending (it is the next instruction; the run stops where
+    it lands, before any guest code).  False if it could not get there."""
     frame = pending_iret(v)
     if frame is None:
-        return False
+        return True
     wide = v.domain.width == Width.X86_64
     v.cpu.run(v.fw_iret, frame[0])
     return v.cpu.reg("rip" if wide else "eip") == frame[0] and v.cpu.reg("cs") & 3 != 0

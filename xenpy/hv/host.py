@@ -344,10 +344,9 @@ class Host:
         v.yielded = False
         v.debug_stop = False
         xtime.update_vcpu_time(v)
-        if v.vcpu_info_pending() and not v.pending_user:
-            # a context handed over through the firmware's ring-0 iret (boot, a restored
-            # vCPU) is entered first: the upcall's frame belongs on the guest's stack
-            firmware.run_pending_iret(v)
+        # a context handed over through the firmware's ring-0 iret (boot, a restored
+        # vCPU) is entered first: the upcall's frame belongs on the guest's stack
+        if v.vcpu_info_pending() and not v.pending_user and firmware.enter_guest_context(v):
             (traps64 if d.width == Width.X86_64 else traps).deliver_event(v)
         if v.async_stopped:
             log.warning("d%d v%d resumes after an asynchronous stop: its state may be "
