@@ -160,6 +160,7 @@ def getvcpucontext(v: "Vcpu") -> bytes:
     """XEN_DOMCTL_getvcpucontext: the vCPU's state with machine frame numbers."""
     d = v.domain
     w = d.width
+    load_pending(v)
     ctx = vcpu_guest_context(w)()
     cpu = v.cpu
     r = ctx.user_regs
@@ -180,6 +181,7 @@ def getvcpucontext(v: "Vcpu") -> bytes:
             setattr(r, n, x)
         if w == Width.X86_32:
             kernel = r.cs & 3 != 3
+    _set_flags(ctx, w, _flags_of(ctx, w) | (v.iopl << 12))      # IOPL is virtual
     r.saved_upcall_mask = v.vcpu_info.evtchn_upcall_mask
     ctx.flags = (VGCF_IN_KERNEL if kernel else 0) | (VGCF_online if v.online else 0)
     for i, t in enumerate(v.trap_table):
@@ -215,11 +217,15 @@ def getvcpucontext(v: "Vcpu") -> bytes:
     return bytes(ctx)
 
 
-def setvcpucontext(v: "Vcpu", data: bytes) -> None:
+def setvcpucontext(v: "Vcpu", data: bytes, defer_registers: bool = False) -> None:
     """XEN_DOMCTL_setvcpucontext on a fresh (never run) vCPU of a paused domain.
 
     ``data`` holds machine frames owned by the domain; the top-level table(s) and the
     GDT frames are validated and referenced as Xen's arch_set_info_guest does.
+    ``defer_registers``: called from inside another vCPU's emulation (VCPUOP_initialise),
+    where touching this vCPU's Unicorn instance is not safe (it loads descriptors through
+    the running one's TCG state): the registers are loaded by ``load_pending`` before the
+    vCPU first runs or is read.
     """
     from . import mm
     from .vcpu import TrapEntry
@@ -230,6 +236,7 @@ def setvcpucontext(v: "Vcpu", data: bytes) -> None:
         raise DomctlError(f"vcpu{v.vcpu_id} context: expected {ctypes.sizeof(C)} bytes, "
                           f"got {len(data)}")
     ctx = C.from_buffer_copy(data)
+    _sanitise(ctx, w)
     top = PageType.l3 if w == Width.X86_32 else PageType.l4
     cr3 = xen_cr3_to_pfn(w, ctx.ctrlreg[3])
     user = xen_cr3_to_pfn(w, ctx.ctrlreg[1]) if w == Width.X86_64 else 0
@@ -258,6 +265,9 @@ def setvcpucontext(v: "Vcpu", data: bytes) -> None:
     v.cr0_ts = bool(ctx.ctrlreg[0] & 8)
     v.debugreg = list(ctx.debugreg)
     v.online = bool(ctx.flags & VGCF_online)
+    v.initialised = True
+    v.iopl = (_flags_of(ctx, w) >> 12) & 3        # IOPL is virtual (arch_set_info_guest)
+    _set_flags(ctx, w, (_flags_of(ctx, w) & ~_EFLAGS_CLEAR) | _EFLAGS_IF)
     v.vcpu_info.arch.cr2 = ctx.ctrlreg[2]
     kernel = bool(ctx.flags & VGCF_IN_KERNEL)
     if w == Width.X86_32:
@@ -269,18 +279,58 @@ def setvcpucontext(v: "Vcpu", data: bytes) -> None:
         v.syscall_callback = ctx.syscall_callback_eip
         v.syscall_mask_events = bool(ctx.flags & VGCF_syscall_disables_events)
         v.kernel_mode = kernel
-    _load_registers(v, ctx, kernel)
+    if defer_registers:
+        v.pending_registers = (ctx, kernel)
+    else:
+        _load_registers(v, ctx, kernel)
+
+
+def load_pending(v: "Vcpu") -> None:
+    """Load registers a deferred setvcpucontext left (outside any emulation)."""
+    pending, v.pending_registers = v.pending_registers, None
+    if pending is not None:
+        _load_registers(v, *pending)
+
+
+_EFLAGS_IF = 1 << 9
+_EFLAGS_CLEAR = (3 << 12) | (1 << 14) | (1 << 17)       # IOPL, NT, VM
+
+
+def _flags_of(ctx, w: Width) -> int:
+    return ctx.user_regs.eflags if w == Width.X86_32 else ctx.user_regs.rflags
+
+
+def _set_flags(ctx, w: Width, value: int) -> None:
+    setattr(ctx.user_regs, "eflags" if w == Width.X86_32 else "rflags", value)
+
+
+def _sanitise(ctx, w: Width) -> None:
+    """Xen's fixup_guest_code_selector / fixup_guest_stack_selector: a selector with
+    RPL 0 gets the guest kernel's RPL (1 on 32-bit, 3 on 64-bit), so a context from a
+    guest (VCPUOP_initialise) or a save file never runs anything at ring 0."""
+    rpl = 1 if w == Width.X86_32 else 3
+
+    def fix(sel: int) -> int:
+        return sel | rpl if sel & 3 == 0 else sel
+    r = ctx.user_regs
+    r.cs, r.ss = fix(r.cs), fix(r.ss)
+    ctx.kernel_ss = fix(ctx.kernel_ss)
+    for t in ctx.trap_ctxt:
+        t.cs = fix(t.cs)
+    if w == Width.X86_32:
+        ctx.event_callback_cs = fix(ctx.event_callback_cs)
+        ctx.failsafe_callback_cs = fix(ctx.failsafe_callback_cs)
 
 
 def _load_registers(v: "Vcpu", ctx, kernel: bool) -> None:
     """Put the saved registers into the (fresh, CPL 0) Unicorn CPU."""
-    from .host import CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP
+    from .host import CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, PV_CR4
     d = v.domain
     w = d.width
     cpu = v.cpu
     lay = d.hv_layout
     r = ctx.user_regs
-    cpu.set_reg("cr4", ctx.ctrlreg[4])
+    cpu.set_reg("cr4", PV_CR4)     # Xen's pv_fixup_guest_cr4: not the guest's to choose
     table = v.guest_table if (w == Width.X86_32 or kernel) else v.guest_table_user
     v.set_cr3(table << PAGE_SHIFT)
     if w == Width.X86_64:
@@ -311,11 +361,6 @@ def _load_registers(v: "Vcpu", ctx, kernel: bool) -> None:
         cpu.write_msr(MSR_SHADOW_GS_BASE, shadow)
     for n in names:
         cpu.set_reg(n, getattr(r, n))
-    if r.cs & 3 == 0:
-        # Stopped in the hypervisor's own firmware (e.g. a vCPU that never ran): same ring.
-        cpu.set_regs(**{sp: getattr(r, sp), fl: getattr(r, fl), ip: getattr(r, ip)})
-        cpu.set_regs(cs=r.cs, ss=r.ss)
-        return
     d.mem.write(frame_maddr, struct.pack(word, getattr(r, ip), r.cs, getattr(r, fl),
                                          getattr(r, sp), r.ss))
     cpu.set_regs(**{sp: frame_va, ip: v.fw_iret})

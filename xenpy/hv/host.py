@@ -16,9 +16,9 @@ import unicorn as uc
 
 from ..abi.xen import FLAT_RING1_CS, FLAT_RING1_DS, PAGE_SIZE, Width
 from ..backends.console import ConsoleBackend
-from . import (callback, console, descriptor_tables, emul_priv_op, event_channel, firmware, grant_table,  # noqa: F401
+from . import (callback, console, descriptor_tables, domctl, emul_priv_op, event_channel, firmware, grant_table,  # noqa: F401
                iret, memory, mm, multicall, physdev, sched, time as _time_hc, traps,
-               traps64, version)
+               traps64, vcpu_op, version)
 from .domain import Domain
 from .layout import SEL_RING0_CS, SEL_RING0_DS, SEL_TSS, DomainLayout32, HostLayout32
 from .layout64 import DomainLayout64, HostLayout64
@@ -31,13 +31,15 @@ CONSOLE_LOG_MAX = 1 << 20          # bytes of console output kept per domain (xl
 
 CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 2, 0x10, 0x20, 1 << 16, 1 << 31
 CR4_TSD, CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 2, 1 << 5, 1 << 9, 1 << 10
+#: every PV vCPU's CR4: paging as PAE (also long mode), rdtsc trapping (emulated TSC), SSE
+PV_CR4 = CR4_TSD | CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT
 
 
 def enable_paging(v: Vcpu, cr3: int, efer: int | None = None) -> None:
     """The control registers every PV vCPU starts with (PAE/long-mode paging, WP, rdtsc
     trapping for the emulated TSC) and its GDT, which lives in the hypervisor's area."""
     cpu = v.cpu
-    cpu.set_reg("cr4", CR4_TSD | CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT)
+    cpu.set_reg("cr4", PV_CR4)
     v.set_cr3(cr3)
     if efer is not None:
         cpu.write_msr(0xC0000080, efer)
@@ -343,6 +345,8 @@ class Host:
         d = v.domain
         v.yielded = False
         v.debug_stop = False
+        if v.pending_registers is not None:        # brought up by VCPUOP_initialise
+            domctl.load_pending(v)
         xtime.update_vcpu_time(v)
         # a context handed over through the firmware's ring-0 iret (boot, a restored
         # vCPU) is entered first: the upcall's frame belongs on the guest's stack

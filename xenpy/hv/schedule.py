@@ -55,7 +55,10 @@ class Scheduler:
         return bool(cap) and d.period_used_ns * 100 >= cap * PERIOD_NS
 
     def pick(self, ready: list["Vcpu"]) -> "Vcpu":
-        return min(ready, key=lambda v: (v.domain.vruntime, v.domain.domid, v.vcpu_id))
+        """The domain furthest behind its share; within it, the vCPU that has run least
+        (so a domain's vCPUs share its time), one that just yielded going last."""
+        return min(ready, key=lambda v: (v.domain.vruntime, v.domain.domid, v.yielded,
+                                         v.run_ns, v.vcpu_id))
 
     def charge(self, v: "Vcpu", ns: int) -> None:
         d = v.domain

@@ -196,15 +196,10 @@ def do_set_timer_op32(v: "Vcpu", lo: int, hi: int) -> int:
     return 0
 
 
-@hypercall("vcpu_op", 3)
-def do_vcpu_op(v: "Vcpu", cmd: int, vcpuid: int, arg: int) -> int:
+def timer_op(v: "Vcpu", cmd: int, target: "Vcpu", arg: int) -> int | None:
+    """The VCPUOP_* timer and runstate sub-ops (vcpu_op.py dispatches); None: not ours."""
     d = v.domain
-    if not 0 <= vcpuid < len(d.vcpus):
-        return -Errno.ENOENT
-    target = d.vcpus[vcpuid]
     g = v.gmem
-    if cmd == VO.VCPUOP_is_up:
-        return int(target.online)
     if cmd == VO.VCPUOP_set_singleshot_timer:
         # struct vcpu_set_singleshot_timer { uint64 timeout_abs_ns; uint32 flags; }
         deadline = g.read_u64(arg)
@@ -220,13 +215,13 @@ def do_vcpu_op(v: "Vcpu", cmd: int, vcpuid: int, arg: int) -> int:
         period = g.read_u64(arg)
         if period < 1_000_000:                             # Xen: at least 1 ms
             return -Errno.EINVAL
-        _stop_periodic(target)
+        stop_periodic(target)
         target.periodic_period = period
         target.periodic = d.host.timers.add(target, d.host.clock.now() + period, "periodic")
         d.host.notify_event(d)
         return 0
     if cmd == VO.VCPUOP_stop_periodic_timer:
-        _stop_periodic(target)
+        stop_periodic(target)
         return 0
     if cmd == VO.VCPUOP_get_runstate_info:
         # struct vcpu_runstate_info { int state; uint64 state_entry_time; uint64 time[4]; }
@@ -234,14 +229,10 @@ def do_vcpu_op(v: "Vcpu", cmd: int, vcpuid: int, arg: int) -> int:
         g.write(arg, (0).to_bytes(8, "little") + now.to_bytes(8, "little")
                 + int(target.run_ns).to_bytes(8, "little") + bytes(24))
         return 0
-    if cmd == VO.VCPUOP_up:
-        return 0 if target.online else -Errno.EINVAL      # an offline vCPU needs initialise
-
-    d.log_once(f"vcpu_op {cmd}", "vcpu_op %d not implemented", cmd)
-    return -Errno.ENOSYS
+    return None
 
 
-def _stop_periodic(v: "Vcpu") -> None:
+def stop_periodic(v: "Vcpu") -> None:
     if v.periodic is not None:
         v.periodic.cancelled = True
         v.periodic = None

@@ -70,7 +70,10 @@ def install_hooks(v: "Vcpu") -> None:
             v.in_syscall_hook = False
         if v.preempt_pending:
             v.hook_exit()
-        return NO_RESULT if res is None else res & MASK64
+        if res is None:
+            return NO_RESULT
+        res &= MASK64                  # rax as the C hook's int64_t: -EINVAL stays -22
+        return res - (1 << 64) if res >> 63 else res
 
     def on_interrupt(vector: int) -> None:
         do_trap(v, vector)

@@ -64,6 +64,8 @@ class Vcpu:
         self.blocked = False
         self.yielded = False
         self.online = vcpu_id == 0
+        self.initialised = vcpu_id == 0    # has a context (boot, VCPUOP_initialise, restore)
+        self.pending_registers = None      # (ctx, kernel) of a deferred setvcpucontext
         self.instructions = 0
         self.debugreg = [0] * 8
         self.in_hypercall = False

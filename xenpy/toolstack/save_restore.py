@@ -231,8 +231,9 @@ class DomainSaver:
         d = self.d
         items: list[object] = [X86TscInfo(0, 1_000_000, guest_now(d) & (2**64 - 1), 0),
                                SharedInfo(bytes(d.mem.page(d.shared_info_mfn)))]
-        for v in d.vcpus:
-            items.append(X86PvVcpuBasic(v.vcpu_id, self.canonical_context(v)))
+        for v in d.vcpus:               # as libxc: a vCPU never given a context has none
+            if v.initialised:
+                items.append(X86PvVcpuBasic(v.vcpu_id, self.canonical_context(v)))
         items.append(End())
         items.append(self.extension().to_record())
         items.append(LibxlEnd())
@@ -488,9 +489,8 @@ class DomainRestorer:
         if not isinstance(info, dict):
             raise StreamError("xenpy extension: Expected a 'domain' section, got none")
         vbds = blkback_persist.check_devices(self.ext.json_section(SECTION_VBD))
-        for vid in range(len(d.vcpus)):
-            if vid not in self.contexts:
-                raise StreamError(f"X86_PV_VCPU_BASIC: Expected vcpu{vid}'s context, got none")
+        if 0 not in self.contexts:           # the others may never have been brought up
+            raise StreamError("X86_PV_VCPU_BASIC: Expected vcpu0's context, got none")
         mem = d.mem
         saved_name = str(info.get("name", d.name))
         if self.name is None and not any(x.name == saved_name for x in host.domains.values()):
