@@ -436,3 +436,27 @@ def test_gnttab_map_and_transfer_without_a_grant(arena):
     # (Xen steals the page before it looks at the entry and frees it on failure, so the
     # attacker may lose it; the victim must not gain it)
     assert not arena.victim.owns(own) and own not in arena.victim.p2m
+
+
+@pytest.mark.parametrize("width", [32, 64])
+def test_a_hostile_vcpu_context_never_runs_at_ring_0(domain_factory, width):
+    """VCPUOP_initialise and restore take a context from outside: CR4 is the host's
+    (a context turning PAE off once crashed Unicorn) and an RPL-0 selector gets the
+    guest kernel's RPL, so the hypervisor's own ring-0 code segment cannot be entered."""
+    from xenpy.hv import domctl, firmware
+    from xenpy.hv.host import PV_CR4
+    from xenpy.hv.layout import SEL_RING0_CS as CS32
+    from xenpy.hv.layout64 import SEL_RING0_CS64 as CS64
+    g = domain_factory(f"hello-x86_{width}" if width == 64 else "hello", vcpus=2)
+    d = g.domain
+    v0, v1 = d.vcpus
+    C = domctl.vcpu_guest_context(d.width)
+    ctx = C.from_buffer_copy(domctl.getvcpucontext(v0))
+    ctx.user_regs.cs = CS32 if width == 32 else CS64
+    ctx.ctrlreg[4] = 0
+    domctl.setvcpucontext(v1, bytes(ctx))
+    assert v1.cpu.reg("cr4") == PV_CR4
+    assert firmware.pending_iret(v1)[1] == ctx.user_regs.cs | (1 if width == 32 else 3)
+    v0.online, v1.online = False, True          # run only the hostile vCPU
+    g.run(timeout=10)
+    assert d.shutdown_reason.name == "crash"    # its iret to a DPL-0 segment faulted (#GP)
