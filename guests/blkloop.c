@@ -4,7 +4,10 @@
  *
  * cmdline: devid=<n> (default xvda), rounds=<n> (0 = forever, default 200),
  *          qd=<writes in flight per round, 1..8, default 4>, report=<every n rounds>,
- *          persistent=0|1 (default 1).
+ *          persistent=0|1 (default 1),
+ *          hotplug=1: boot without a disk, print "blkloop: waiting for a disk", and
+ *          use the first vbd that appears under device/vbd (a watch, as a xenbus
+ *          frontend driver probes hot-plugged devices).
  * The disk holds SLOTS slots of 64 KiB at sector 128*s.  A slot is self-describing:
  * word 0 = MAGIC, word 1 = slot, word 2 = generation, the rest mix(slot, gen, i), so the
  * host can check the image afterwards without knowing the order of writes.  Round r
@@ -40,6 +43,29 @@ static uint32_t mix(uint32_t s, uint32_t g, uint32_t i)
     x *= 0x2C1B3C6Du;
     x ^= x >> 12;
     return x;
+}
+
+/* The first device that appears under device/vbd (hot-plug); 0 on a XenStore error. */
+static unsigned long wait_for_disk(void)
+{
+    char names[256], wpath[128], token[16];
+    unsigned long devid = 0;
+
+    if (xg_xs_watch("device/vbd", "hotplug") < 0)
+        return 0;
+    xg_printf("blkloop: waiting for a disk\n");
+    for (;;) {
+        int n = xg_xs_directory(0, "device/vbd", names, sizeof(names));
+        if (n > 0) {
+            for (const char *p = names; *p; p++)
+                devid = devid * 10 + (unsigned long)(*p - '0');
+            break;
+        }
+        if (xg_xs_read_watch(wpath, sizeof(wpath), token, sizeof(token), 0) < 0)
+            break;                        /* waits as long as it takes, as xenbus does */
+    }
+    xg_xs_unwatch("device/vbd", "hotplug");
+    return devid;
 }
 
 static uint32_t next_random(void)
@@ -97,6 +123,14 @@ int main(void)
         rc = xg_xenbus_init();
     if (rc == 0)
         rc = xg_gnttab_init();
+    if (rc == 0 && xg_cmdline_ulong("hotplug", 0)) {
+        devid = wait_for_disk();
+        if (!devid) {
+            xg_printf("blkloop: FAIL no disk appeared\n");
+            return 1;
+        }
+        xg_printf("blkloop: hot-plugged devid=%lu\n", devid);
+    }
     if (rc == 0)
         rc = xg_blk_open(&blk, &blkmem, devid, 0, 0, persistent);
     if (rc) {

@@ -179,3 +179,22 @@ def test_live_migration_with_a_disk(tmp_path, disk, width):
         ra.stop()
         rb.stop()
         _close(a, b)
+
+
+def test_a_guest_picks_up_a_disk_hot_plugged_after_boot(disk, width):
+    """blkloop hotplug=1 boots without a disk and watches device/vbd, as a xenbus
+    frontend driver probes: block-attach (attach_disks) on the running domain is enough."""
+    h = Host(64, deterministic=True)
+    try:
+        d = boot_domain(h, DomainSpec("hp", REPO / "guests" / "build" / f"blkloop-x86_{width}.elf",
+                                      16, cmdline="hotplug=1 rounds=16 report=8"))
+        h.run([d], timeout=60, until=lambda: b"waiting for a disk" in d.console_log)
+        h.run([d], timeout=1, until=lambda: False)          # it stays waiting
+        assert b"hot-plugged" not in d.console_log and not d.finished
+        attach_disks(h, d.domid, [f"format=raw, vdev=xvdb, access=rw, target={disk}"])
+        assert h.run([d], timeout=60)
+        out = d.console_log.decode()
+        assert "blkloop: hot-plugged devid=51728" in out and "blkloop: PASS 16 rounds" in out, out
+        assert check_image(disk, 16) == 16
+    finally:
+        _close(h)
