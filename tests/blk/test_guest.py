@@ -18,10 +18,8 @@ from xenpy.abi.io.xenbus import XenbusState as S
 from xenpy.toolstack.disk import attach_disk, parse_disk_spec
 
 
-@pytest.fixture
-def det():
-    """(DomainFactory, BlkBack) on a deterministic host."""
-    host = Host(memory_mib=64, deterministic=True)
+def _host_with_blkback(deterministic: bool):
+    host = Host(memory_mib=64, deterministic=deterministic)
     bb = BlkBack(host)
     try:
         yield DomainFactory(host, []), bb
@@ -29,19 +27,18 @@ def det():
         bb.close()
         host.close()
         host.mem.close()
+
+
+@pytest.fixture
+def det():
+    """(DomainFactory, BlkBack) on a deterministic host."""
+    yield from _host_with_blkback(True)
 
 
 @pytest.fixture
 def wall():
     """(DomainFactory, BlkBack) on a wall-clock host (real time, tick preemption)."""
-    host = Host(memory_mib=64)
-    bb = BlkBack(host)
-    try:
-        yield DomainFactory(host, []), bb
-    finally:
-        bb.close()
-        host.close()
-        host.mem.close()
+    yield from _host_with_blkback(False)
 
 
 def boot_blktest(det, spec: str, width: int, cmdline: str = ""):
