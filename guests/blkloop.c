@@ -9,8 +9,8 @@
  *          use the first vbd that appears under device/vbd (a watch, as a xenbus
  *          frontend driver probes hot-plugged devices).
  * The disk holds SLOTS slots of 64 KiB at sector 128*s.  A slot is self-describing:
- * word 0 = MAGIC, word 1 = slot, word 2 = generation, the rest mix(slot, gen, i), so the
- * host can check the image afterwards without knowing the order of writes.  Round r
+ * word 0 = MAGIC, word 1 = slot, word 2 = generation, the rest xg_hash3(slot, gen, i),
+ * so the host can check the image afterwards without knowing the order of writes.  Round r
  * writes qd slots (async, all in flight together) with generation r, then reads back
  * one of them and one slot chosen at random and checks each against what this guest
  * last wrote there (an unwritten slot reads as zeros).  Every 8th round flushes.
@@ -35,15 +35,6 @@ static struct xg_blk_mem blkmem __attribute__((section(".bss.page_aligned")));
 static struct xg_blk blk;
 static uint32_t gen[SLOTS];
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
-
-static uint32_t mix(uint32_t s, uint32_t g, uint32_t i)
-{
-    uint32_t x = s * 0x9E3779B1u ^ g * 0x85EBCA77u ^ i * 0xC2B2AE3Du;
-    x ^= x >> 15;
-    x *= 0x2C1B3C6Du;
-    x ^= x >> 12;
-    return x;
-}
 
 /* The first device that appears under device/vbd (hot-plug); 0 on a XenStore error. */
 static unsigned long wait_for_disk(void)
@@ -82,7 +73,7 @@ static void fill(uint32_t *w, uint32_t s, uint32_t g)
     w[1] = s;
     w[2] = g;
     for (uint32_t i = 3; i < WORDS; i++)
-        w[i] = mix(s, g, i);
+        w[i] = xg_hash3(s, g, i);
 }
 
 static int check_slot(uint32_t s)
@@ -95,7 +86,7 @@ static int check_slot(uint32_t s)
         return -1;
     }
     for (uint32_t i = 0; i < WORDS; i++) {
-        uint32_t want = !g ? 0 : i == 0 ? MAGIC : i == 1 ? s : i == 2 ? g : mix(s, g, i);
+        uint32_t want = !g ? 0 : i == 0 ? MAGIC : i == 1 ? s : i == 2 ? g : xg_hash3(s, g, i);
         if (rbuf[i] != want) {
             xg_printf("blkloop: FAIL slot %u word %u: got %x expected %x (gen %u)\n",
                       s, i, rbuf[i], want, g);

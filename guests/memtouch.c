@@ -7,7 +7,7 @@
  *          passes=<passes over the working set, 0 = forever, default 10>
  *          report=<print a line every N passes, default 1>
  *
- * Page p of the working set holds word i = mix(p, gen[p], i); each pass checks every word
+ * Page p of the working set holds word i = xg_hash3(p, gen[p], i); each pass checks every word
  * of every page against the generation it was last written with, bumps the generation and
  * rewrites the page.  A page lost or corrupted by a save/restore or a migration shows up as
  *   "memtouch: FAIL page <p> word <i>: got <x> expected <y> (gen <g>)"  (then a crash).
@@ -29,21 +29,12 @@ static uint32_t ws[WS_MAX_PAGES][WORDS] __attribute__((aligned(4096)));
 static uint32_t gen[WS_MAX_PAGES];
 static uint32_t table[TABLE_WORDS];
 
-static inline uint32_t mix(uint32_t p, uint32_t g, uint32_t i)
-{
-    uint32_t x = p * 0x9E3779B1u ^ g * 0x85EBCA77u ^ i * 0xC2B2AE3Du;
-    x ^= x >> 15;
-    x *= 0x2C1B3C6Du;
-    x ^= x >> 12;
-    return x;
-}
-
 static int check_page(uint32_t p)
 {
     const uint32_t *w = ws[p];
     uint32_t g = gen[p];
     for (uint32_t i = 0; i < WORDS; i++) {
-        uint32_t want = g ? mix(p, g, i) : 0;
+        uint32_t want = g ? xg_hash3(p, g, i) : 0;
         if (w[i] != want) {
             xg_printf("memtouch: FAIL page %u word %u: got %x expected %x (gen %u)\n",
                       p, i, w[i], want, g);
@@ -58,13 +49,13 @@ static void write_page(uint32_t p)
     uint32_t *w = ws[p];
     uint32_t g = ++gen[p];
     for (uint32_t i = 0; i < WORDS; i++)
-        w[i] = mix(p, g, i);
+        w[i] = xg_hash3(p, g, i);
 }
 
 static int check_table(void)
 {
     for (uint32_t i = 0; i < TABLE_WORDS; i++)
-        if (table[i] != mix(0xFFFFFFFFu, 7, i)) {
+        if (table[i] != xg_hash3(0xFFFFFFFFu, 7, i)) {
             xg_printf("memtouch: FAIL table word %u: got %x\n", i, table[i]);
             return -1;
         }
@@ -91,7 +82,7 @@ int main(void)
         return 1;
     }
     for (uint32_t i = 0; i < TABLE_WORDS; i++)
-        table[i] = mix(0xFFFFFFFFu, 7, i);
+        table[i] = xg_hash3(0xFFFFFFFFu, 7, i);
     xg_printf("memtouch: ws=%lu rate=%lu passes=%lu port=%u\n", ws_kib, rate, passes,
               unbound.port);
 

@@ -28,6 +28,7 @@ MAGIC = 0xB10C1009
 
 
 def _mix(s: int, g: int, i: int) -> int:
+    """xg_hash3 of the guest library (guests/lib/include/xg.h)."""
     m = 0xFFFFFFFF
     x = ((s * 0x9E3779B1) & m) ^ ((g * 0x85EBCA77) & m) ^ ((i * 0xC2B2AE3D) & m)
     x ^= x >> 15

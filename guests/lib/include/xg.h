@@ -90,6 +90,16 @@ int strcmp(const char *a, const char *b);
 int strncmp(const char *a, const char *b, size_t n);
 /* Value of "key=<decimal>" in the command line, or def if absent/bad. */
 unsigned long xg_cmdline_ulong(const char *key, unsigned long def);
+/* A 32-bit hash of three words: the data pattern of the memory and disk checkers
+ * (memtouch, blkloop), so a test on the host can recompute any word. */
+static inline uint32_t xg_hash3(uint32_t a, uint32_t b, uint32_t c)
+{
+    uint32_t x = a * 0x9E3779B1u ^ b * 0x85EBCA77u ^ c * 0xC2B2AE3Du;
+    x ^= x >> 15;
+    x *= 0x2C1B3C6Du;
+    x ^= x >> 12;
+    return x;
+}
 
 /* ---- console ---- */
 void xg_cons_init(void);
