@@ -161,3 +161,24 @@ def test_segment_parsing_matches_the_definition(segs, whole):
         assert req.nr_sectors == sum(la - f + 1 for _, f, la in segs)
     else:
         assert isinstance(req, P.Invalid) and f"segment {bad}:" in req.reason
+
+
+def test_a_blkback_bug_fails_one_request_not_the_host(front, monkeypatch, caplog):
+    """An exception inside blkback (a bug, not the frontend's fault) answers that request
+    with an error and is logged; the ring, the guest and the host go on."""
+    from xenpy.backends.blkback.backend import BlkifRing
+    ref = front.grant_data(0)
+    real = BlkifRing._dispatch
+    calls = []
+
+    def buggy(self, req):
+        calls.append(req)
+        if len(calls) == 1:
+            raise RuntimeError("simulated blkback bug")
+        return real(self, req)
+    monkeypatch.setattr(BlkifRing, "_dispatch", buggy)
+    assert front.do(front.rw(B.BLKIF_OP_READ, 0, [(ref, 0, 0)])) == [ERR]
+    assert front.do(front.rw(B.BLKIF_OP_READ, 0, [(ref, 0, 0)])) == [OK]
+    ring = front.bb.ring(front.g.domid, front.disk.devid)
+    assert ring.stats.internal_errors == 1 and ring.broken is None
+    assert "simulated blkback bug" in caplog.text

@@ -161,6 +161,7 @@ class RingStats:
     errors: int = 0
     unsupported: int = 0
     inline: int = 0            # done on the scheduler thread (RWF_NOWAIT succeeded)
+    internal_errors: int = 0   # requests failed by a blkback bug (logged)
 
 
 @dataclass
@@ -266,7 +267,14 @@ class BlkifRing:
                     return               # RING_REQUEST_CONS_OVERFLOW: wait for responses
                 slot = self._read(self._slot_off(self.req_cons), self.layout.entry_size)
                 self.req_cons = R.idx_add(self.req_cons, 1)
-                self._dispatch(P.parse_request(slot, self.layout))
+                req = P.parse_request(slot, self.layout)
+                try:
+                    self._dispatch(req)
+                except Exception:          # a blkback bug: fail this request, go on
+                    self.stats.internal_errors += 1
+                    log.exception("d%d blkback: request %d failed inside blkback",
+                                  self.d.domid, req.id)
+                    self._respond(req.id, req.op, B.BLKIF_RSP_ERROR)
             if not R.final_check_for_requests(hdr, self.req_cons):
                 return
 
