@@ -17,12 +17,18 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
+#: (script, its arguments, its --quick arguments); ``--core`` runs the first three only
 BENCHES = [
     ("cpu_bound.py", [], ["-n", "10000000", "--repeat", "3"]),
     ("hypercall_rate.py", ["--breakdown", "--lean-path"],
      ["-n", "50000", "--repeat", "3", "--lean-path"]),
     ("first_byte.py", [], ["--repeat", "3"]),
+    ("events_xs_sched.py", [], ["--quick"]),
+    ("blk_bench.py", [], ["--mib", "4", "--ops", "256", "--runs", "1"]),
+    ("mm_bench.py", [], ["-n", "2000", "--repeat", "1", "--fuzz-calls", "5000"]),
+    ("migration.py", [], ["--quick"]),
 ]
+CORE = 3
 
 
 def git_commit() -> str | None:
@@ -39,11 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes: check the scripts run")
     ap.add_argument("--json-out", type=Path, help="append the combined JSON line to this file")
+    ap.add_argument("--core", action="store_true",
+                    help="only the core three (CPU-bound, hypercall rate, first byte)")
     args = ap.parse_args(argv)
 
     results: dict[str, dict] = {}
     failed: list[str] = []
-    for script, extra, quick in BENCHES:
+    for script, extra, quick in BENCHES[:CORE] if args.core else BENCHES:
         cmd = [sys.executable, str(HERE / script)] + (quick if args.quick else extra)
         print(f"\n=== {' '.join(cmd[1:])}", flush=True)
         t0 = time.perf_counter()
@@ -76,6 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         r = results["first_byte"]
         rows.append(f"first_byte      `xenpy run hello`: first byte {r['subprocess_first_byte_s']:.3f} s,"
                     f" exit {r['subprocess_exit_s']:.3f} s (goal < 1 s)")
+    if "blk" in results:
+        r = results["blk"]
+        rows.append(f"blk             seq write/read {r['seq_write_ratio']:.2f}/{r['seq_read_ratio']:.2f}"
+                    f" of Python, random {r['rand_write_ratio']:.2f}/{r['rand_read_ratio']:.2f}"
+                    " (goal >= 0.8 sequential)")
     print("\n".join(rows) if rows else "(no results)")
     if failed:
         print(f"FAILED: {', '.join(failed)}")
