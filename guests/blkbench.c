@@ -86,11 +86,7 @@ int main(void)
 
     if (qd < 1 || qd > QD_MAX)
         qd = 8;
-    rc = xg_events_init();
-    if (rc == 0)
-        rc = xg_xenbus_init();
-    if (rc == 0)
-        rc = xg_gnttab_init();
+    rc = xg_blk_init();
     if (rc == 0)
         rc = xg_blk_open(&blk, &blkmem, devid, 0, (unsigned int)xg_cmdline_ulong("order", 0),
                          (int)xg_cmdline_ulong("persistent", 1));

@@ -109,11 +109,7 @@ int main(void)
         xg_printf("blkloop: FAIL bad cmdline (qd 1..%u, report > 0)\n", QD_MAX);
         return 1;
     }
-    rc = xg_events_init();
-    if (rc == 0)
-        rc = xg_xenbus_init();
-    if (rc == 0)
-        rc = xg_gnttab_init();
+    rc = xg_blk_init();
     if (rc == 0 && xg_cmdline_ulong("hotplug", 0)) {
         devid = wait_for_disk();
         if (!devid) {

@@ -183,11 +183,7 @@ int main(void)
 
     seed = xg_cmdline_ulong("seed", 1);
     persistent = (int)xg_cmdline_ulong("persistent", 1);
-    rc = xg_events_init();
-    if (rc == 0)
-        rc = xg_xenbus_init();
-    if (rc == 0)
-        rc = xg_gnttab_init();
+    rc = xg_blk_init();
     if (rc == 0)
         rc = xg_blk_open(&blk, &blkmem, devid, 0, order, persistent);
     check("connect", rc == 0, "rc %ld", rc);

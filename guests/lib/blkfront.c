@@ -22,6 +22,17 @@
 #define XG_BLK_GREFS  (4 + XG_BLK_QUEUE * (XG_BLK_MAX_PAGES + 1))
 #define XG_BLK_DEVS   ((XG_GNTTAB_ENTRIES - XG_BLK_GREF0) / XG_BLK_GREFS)
 #define STATE_WAIT_NS 10000000000ULL      /* 10 s of system time per handshake step */
+
+long xg_blk_init(void)
+{
+    long rc = xg_events_init();
+
+    if (rc == 0)
+        rc = xg_xenbus_init();
+    if (rc == 0)
+        rc = xg_gnttab_init();
+    return rc;
+}
 #define ALL_SLOTS     ((uint32_t)((1ULL << XG_BLK_QUEUE) - 1))
 
 _Static_assert(XG_BLK_QUEUE <= 32, "free_slots is a 32-bit mask");

@@ -86,6 +86,8 @@ struct xg_blk {
 
 /* index: which of the guest's devices (0..6 with the library's grant table of
  * XG_GNTTAB_ENTRIES): picks its grant refs; persistent: offer feature-persistent. */
+/* What blkfront needs first: xg_events_init(), xg_xenbus_init(), xg_gnttab_init(). */
+long xg_blk_init(void);
 int xg_blk_open(struct xg_blk *b, struct xg_blk_mem *mem, unsigned long devid,
                 unsigned int index, unsigned int order, int persistent);
 int xg_blk_close(struct xg_blk *b);
