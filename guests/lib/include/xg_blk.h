@@ -24,8 +24,8 @@
  * BLKIF_OP_INDIRECT when the backend offers feature-max-indirect-segments,
  * otherwise it is split.  Up to XG_BLK_QUEUE requests are in flight:
  * xg_blk_submit() queues, xg_blk_wait_all() collects (both block on the
- * event channel, never spin).  Needs xg_events_init(), xg_xenbus_init()
- * and xg_gnttab_init() first.  Calls return 0 or a negative Xen errno.
+ * event channel, never spin).  Needs xg_blk_init() (events, xenbus, the
+ * grant table) first.  Calls return 0 or a negative Xen errno.
  */
 #ifndef XG_BLK_H
 #define XG_BLK_H
