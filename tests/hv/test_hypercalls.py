@@ -438,8 +438,9 @@ def test_gnttab_map_and_transfer_without_a_grant(arena):
     assert not arena.victim.owns(own) and own not in arena.victim.p2m
 
 
+@pytest.mark.parametrize("event_pending", [False, True], ids=["quiet", "event-pending"])
 @pytest.mark.parametrize("width", [32, 64])
-def test_a_hostile_vcpu_context_never_runs_at_ring_0(domain_factory, width):
+def test_a_hostile_vcpu_context_never_runs_at_ring_0(domain_factory, width, event_pending):
     """VCPUOP_initialise and restore take a context from outside: CR4 is the host's
     (a context turning PAE off once crashed Unicorn) and an RPL-0 selector gets the
     guest kernel's RPL, so the hypervisor's own ring-0 code segment cannot be entered."""
@@ -458,5 +459,25 @@ def test_a_hostile_vcpu_context_never_runs_at_ring_0(domain_factory, width):
     assert v1.cpu.reg("cr4") == PV_CR4
     assert firmware.pending_iret(v1)[1] == ctx.user_regs.cs | (1 if width == 32 else 3)
     v0.online, v1.online = False, True          # run only the hostile vCPU
-    g.run(timeout=10)
+    if event_pending:              # the upcall path enters the context first (it once spun)
+        v1.vcpu_info.evtchn_upcall_pending = 1
+        v1.vcpu_info.evtchn_upcall_mask = 0
+        assert v1.vcpu_info_pending()
+    assert g.run(timeout=30)                    # ended, not stuck in the faulting iret
     assert d.shutdown_reason.name == "crash"    # its iret to a DPL-0 segment faulted (#GP)
+
+
+@pytest.mark.parametrize("width", [32, 64])
+def test_a_vcpu_context_with_bad_data_selectors_does_not_stop_the_host(domain_factory, width):
+    """A selector the CPU refuses (beyond the GDT) is loaded as null instead of raising
+    out of the scheduler loop (a guest's VCPUOP_initialise could kill the host)."""
+    from xenpy.hv import domctl
+    g = domain_factory(f"hello-x86_{width}" if width == 64 else "hello", vcpus=2)
+    d = g.domain
+    v0, v1 = d.vcpus
+    ctx = domctl.vcpu_guest_context(d.width).from_buffer_copy(domctl.getvcpucontext(v0))
+    ctx.user_regs.ds = ctx.user_regs.es = ctx.user_regs.fs = ctx.user_regs.gs = 0x7FF8
+    domctl.setvcpucontext(v1, bytes(ctx), defer_registers=True)
+    v0.online, v1.online = False, True          # run only the new vCPU
+    assert g.run(timeout=30)                    # the host loop did not raise
+    assert v1.cpu.reg("ds") == 0 and v1.pending_registers is None

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from ..abi.xen import PAGE_SHIFT, Width, layouts
 from ..errors import XenpyError
+from ..cpu.x86 import UnicornFailure
 from . import firmware
 from .machine import PageType
 
@@ -352,7 +353,10 @@ def _load_registers(v: "Vcpu", ctx, kernel: bool) -> None:
         frame_va = lay.gdt_va(v.vcpu_id) + FIRST_RESERVED_GDT_PAGE * 4096 + _IRET_FRAME_OFFSET
     cpu.set_regs(cs=SEL_RING0_CS, ss=SEL_RING0_DS)
     for n in _SEGS:
-        cpu.set_reg(n, getattr(r, n))
+        try:
+            cpu.set_reg(n, getattr(r, n))
+        except UnicornFailure:        # a selector the CPU refuses: null, as a failsafe load
+            cpu.set_reg(n, 0)
     if w == Width.X86_64:
         cpu.write_msr(MSR_FS_BASE, ctx.fs_base)
         gs, shadow = ((ctx.gs_base_kernel, ctx.gs_base_user) if kernel

@@ -125,5 +125,10 @@ def enter_guest_context(v) -> bool:
     if frame is None:
         return True
     wide = v.domain.width == Width.X86_64
-    v.cpu.run(v.fw_iret, frame[0])
+    budget = v.block_budget()
+    budget.arm(4)            # the iret is one block; a faulting one must not run on
+    try:
+        v.cpu.run(v.fw_iret, frame[0])
+    finally:
+        budget.arm(0)
     return v.cpu.reg("rip" if wide else "eip") == frame[0] and v.cpu.reg("cs") & 3 != 0

@@ -346,12 +346,24 @@ class Host:
         v.yielded = False
         v.debug_stop = False
         if v.pending_registers is not None:        # brought up by VCPUOP_initialise
-            domctl.load_pending(v)
+            try:
+                domctl.load_pending(v)
+            except domctl.DomctlError as e:
+                d.crash(f"vcpu{v.vcpu_id}: its context cannot be loaded: {e}")
+                return
         xtime.update_vcpu_time(v)
         # a context handed over through the firmware's ring-0 iret (boot, a restored
         # vCPU) is entered first: the upcall's frame belongs on the guest's stack
-        if v.vcpu_info_pending() and not v.pending_user and firmware.enter_guest_context(v):
-            (traps64 if d.width == Width.X86_64 else traps).deliver_event(v)
+        if v.vcpu_info_pending() and not v.pending_user:
+            try:
+                entered = firmware.enter_guest_context(v)
+            except uc.UcError as e:
+                d.crash(f"the CPU stopped: {e} entering vcpu{v.vcpu_id}'s context")
+                return
+            if not (d.runnable and v.online):      # its iret faulted and crashed it
+                return
+            if entered:
+                (traps64 if d.width == Width.X86_64 else traps).deliver_event(v)
         if v.async_stopped:
             log.warning("d%d v%d resumes after an asynchronous stop: its state may be "
                         "inconsistent (Unicorn does not re-sync the PC)", d.domid, v.vcpu_id)
