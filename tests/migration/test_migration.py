@@ -173,6 +173,32 @@ def test_system_time_and_timers_continue_on_a_host_whose_clock_is_behind(tmp_pat
     assert "timer: PASS 30 ticks" in out and d2.shutdown_reason.name == "poweroff", out
 
 
+def test_a_xenstore_request_left_in_the_ring_is_answered_from_the_restored_store(tmp_path):
+    """The guest published a request but had not notified when it was saved: the new
+    host serves it only once the domain's own nodes are back."""
+    import struct
+    a = Host(64, deterministic=True)
+    d = _boot(a, "x86_64", "ws=64 passes=50")
+    a.run([d], timeout=60, until=lambda: b"pass 1 ok" in d.console_log)
+    domctl.pause(d)
+    a.xenstored.write(f"/local/domain/{d.domid}/data/probe", "kept", [f"n{d.domid}"])
+    page = a.mem.view[d.store_mfn << 12:(d.store_mfn << 12) + 4096]
+    msg = struct.pack("<IIII", 2, 77, 0, 11) + b"data/probe\0"         # XS_READ, id 77
+    prod = struct.unpack_from("<I", page, 2052)[0]
+    for i, byte in enumerate(msg):
+        page[(prod + i) % 1024] = byte
+    struct.pack_into("<I", page, 2052, prod + len(msg))
+    rsp0 = struct.unpack_from("<I", page, 2060)[0]
+    sr.save_domain(d, tmp_path / "s")
+    b = Host(64, deterministic=True)
+    b.create_domain("filler", Width.X86_64, 4).paused = True        # another domid
+    d2 = sr.restore_domain(b, tmp_path / "s")
+    page2 = b.mem.view[d2.store_mfn << 12:(d2.store_mfn << 12) + 4096]
+    rsp = bytes(page2[1024 + i % 1024] for i in range(rsp0, struct.unpack_from("<I", page2, 2060)[0]))
+    mtype, rid, _, length = struct.unpack_from("<IIII", rsp)
+    assert (mtype, rid, rsp[16:16 + length]) == (2, 77, b"kept")
+
+
 def test_corrupt_or_truncated_save_files_are_refused_naming_the_record(tmp_path):
     a = Host(96, deterministic=True)
     d = _boot(a, "x86_64", "ws=64 passes=3")

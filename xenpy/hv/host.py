@@ -146,14 +146,15 @@ class Host:
         """The store event channel; the domain is introduced once its nodes exist."""
         return d.evtchn.bind_backend(lambda: self.xenstored.ring_kick(d.domid))
 
-    def introduce_domain(self, d: Domain) -> None:
-        """What xl does after building: write /local/domain/N, then XS_INTRODUCE."""
+    def introduce_domain(self, d: Domain, serve: bool = True) -> None:
+        """What xl does after building: write /local/domain/N, then XS_INTRODUCE
+        (``serve=False``: see Xenstored.introduce_domain)."""
         from ..toolstack.xsdomain import write_domain_nodes
         write_domain_nodes(self.xenstored, d)
         base = d.store_mfn << 12
         port = d.store_port
         self.xenstored.introduce_domain(d.domid, self.mem.view[base:base + PAGE_SIZE],
-                                        lambda: d.evtchn.set_pending(port))
+                                        lambda: d.evtchn.set_pending(port), serve=serve)
 
     def serve_xenstore(self, path: str) -> str:
         """Let tools (xenstore-ls, ...) reach xenstored at ``path`` (XENSTORED_PATH)."""

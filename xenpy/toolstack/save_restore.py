@@ -624,7 +624,7 @@ class DomainRestorer:
         except (TypeError, ValueError):
             raise StreamError(f"xenstore_io: Expected two hex strings, got {xs_io!r}") from None
         host.xenstored.preload_io_state(d.domid, inbound, outbound)
-        host.introduce_domain(d)
+        host.introduce_domain(d, serve=False)      # its ring is read once all is back
         root = f"/local/domain/{d.domid}"
         for rel, hexval, perms in self.ext.json_section("xenstore") or []:
             perms = [_reown(p, int(info.get("old_domid", -1)), d.domid) for p in perms]
@@ -639,6 +639,7 @@ class DomainRestorer:
         except (KeyError, TypeError, ValueError):
             raise StreamError(f"xenstore_transactions: Expected {{open, next}}, "
                               f"got {xs_tx!r}") from None
+        host.xenstored.ring_kick(d.domid)            # requests the guest left in the ring
         blkback_persist.restore_devices(host, d, vbds)
         return d
 

@@ -171,16 +171,19 @@ class Xenstored:
 
     # -- the hypervisor's interface ---------------------------------------------------
 
-    def introduce_domain(self, domid: int, ring: memoryview, notify: Callable[[], None]) -> None:
+    def introduce_domain(self, domid: int, ring: memoryview, notify: Callable[[], None],
+                         serve: bool = True) -> None:
         """Start serving ``domid`` on its xenstore page; fires @introduceDomain.
 
         Introducing an already introduced domain only rebinds its page and notify
-        (Xen rebinds the event channel), and fires nothing.
+        (Xen rebinds the event channel), and fires nothing.  ``serve=False``: do not
+        read requests already in the ring yet (a restore first puts back the domain's
+        nodes, watches and transactions, then ``ring_kick``s).
         """
-        self._introduce(domid, ring, notify, reset=False)
+        self._introduce(domid, ring, notify, reset=False, serve=serve)
 
     def _introduce(self, domid: int, ring: memoryview, notify: Callable[[], None], *,
-                   reset: bool) -> None:
+                   reset: bool, serve: bool = True) -> None:
         with self.critical():
             old = self._domains.get(domid)
             conn = RingConnection(self, domid, ring, notify)
@@ -189,6 +192,7 @@ class Xenstored:
                 conn.load_io_state(*preload)
             if old is not None:
                 conn.watches, conn.transactions = old.watches, old.transactions
+                conn.doomed_tx = old.doomed_tx
                 conn.target = old.target
                 self._connections.remove(old)
                 self._dirty.discard(old)
@@ -202,7 +206,8 @@ class Xenstored:
             if old is None:
                 self._fire([Change("@introduceDomain", False, ())])
             # Requests the guest queued before it was introduced are served now.
-            conn.kick()
+            if serve:
+                conn.kick()
             self.mark_dirty(conn)
 
     def ring_kick(self, domid: int) -> None:
