@@ -48,3 +48,16 @@ def test_a_two_vcpu_domain_saves_and_restores(new_host, guest_build, tmp_path, w
     domctl.unpause(d2)
     assert b.run([d2], timeout=60)
     assert "smp: PASS (6 checks)" in d2.console_log.decode(), d2.console_log.decode()
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_the_last_vcpu_going_down_powers_the_domain_off(new_host, guest_build, width):
+    """Xen's do_vcpu_op: "Last vcpu going down?" -> domain_shutdown(poweroff)."""
+    from xenpy.abi import vcpu as VO
+    from xenpy.hv import vcpu_op
+    host, factory = new_host()
+    run = factory(guest_build / f"hello-{width}.elf", memory_mib=8, vcpus=2)
+    d = run.domain
+    assert vcpu_op.do_vcpu_op(d.vcpus[0], VO.VCPUOP_down, 0, 0) == 0   # as on itself
+    assert d.vcpus[0].online is True and d.shutdown_reason.name == "poweroff"
+    assert run.run(timeout=10)

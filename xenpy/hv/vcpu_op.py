@@ -8,7 +8,7 @@ machine frames, checked and referenced exactly as XEN_DOMCTL_setvcpucontext does
 (domctl.setvcpucontext: top-level table pinned as L3/L4, GDT frames as descriptor
 pages, selectors forced to the guest kernel's RPL).  VCPUOP_down takes a vCPU out of
 scheduling; on itself it stops at once, and a later VCPUOP_up continues it after the
-hypercall.
+hypercall.  The last vCPU going down powers the domain off, as in Xen.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from ..abi import vcpu as VO
 from ..abi.errno import Errno
+from ..abi.sched import Shutdown
 from . import domctl
 from .hypercall import hypercall
 from .time import timer_op
@@ -46,6 +47,9 @@ def do_vcpu_op(v: "Vcpu", cmd: int, vcpuid: int, arg: int) -> int:
             d.host.notify_event(d)
         return 0
     if cmd == VO.VCPUOP_down:
+        if not any(w.online for w in d.vcpus if w is not target):
+            d.shutdown(Shutdown.poweroff)     # Xen: the last vCPU going down powers off
+            return 0
         target.online = False
         if target is v:
             v.cpu.stop()                      # it gives the CPU back after this hypercall
