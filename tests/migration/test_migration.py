@@ -199,6 +199,41 @@ def test_a_xenstore_request_left_in_the_ring_is_answered_from_the_restored_store
     assert (mtype, rid, rsp[16:16 + length]) == (2, 77, b"kept")
 
 
+@pytest.mark.parametrize("section,value,match", [
+    ("vcpus", [5], "well-formed"),
+    ("vcpus", [{"singleshot": "abc"}], "well-formed"),
+    ("vcpus", [{"periodic": 1}], "period of 0 or >= 1 ms"),
+    ("vcpus", [{"iopl": 9}], "iopl 0..3"),
+    ("gnttab", {"version": 7, "frames": ["00" * 4096]}, "version 1 or 2"),
+    ("gnttab", {"version": 1, "frames": [5]}, "well-formed"),
+    ("xenstore_watches", [["/local/domain/1/\u20ac", "00", None]], "xenstore_watches"),
+    ("xenstore_watches", [["no//path", "00", None]], "xenstore_watches"),
+    ("xenstore_watches", [["/x", "00", None]] * 2000, "at most"),
+    ("xenstore_io", 5, "xenstore_io"),
+    ("xenstore_transactions", {"open": [0]}, "xenstore_transactions"),
+    ("vbd", [{"devid": 51712, "spec": "format=qcow2, vdev=xvda, target=/x"}], "vbd"),
+])
+def test_a_malformed_extension_section_is_a_stream_error(section, value, match):
+    """Every section of the xenpy extension is checked: a corrupt one is a StreamError
+    naming it, never another exception, and nothing of the domain is left behind."""
+    from xenpy.toolstack.stream import XenpyExtension
+    from xenpy.toolstack.stream.libxl import EmulatorContext
+    a = Host(64, deterministic=True)
+    d = _boot(a, "x86_64", "ws=64 passes=50")
+    a.run([d], timeout=60, until=lambda: b"pass 1 ok" in d.console_log)
+    domctl.pause(d)
+    items = []
+    for it in sr.save_items(d):
+        ext = XenpyExtension.from_record(it) if isinstance(it, EmulatorContext) else None
+        items.append(ext.with_json(section, value).to_record() if ext is not None else it)
+    b = Host(64, deterministic=True)
+    b.destroy_domain(b.create_domain("warm", Width.X86_64, 4))
+    free = b.mem.free_frames
+    with pytest.raises(StreamError, match=match):
+        sr.restore_items(b, items)
+    assert b.domains == {} and b.mem.free_frames == free
+
+
 def test_corrupt_or_truncated_save_files_are_refused_naming_the_record(tmp_path):
     a = Host(96, deterministic=True)
     d = _boot(a, "x86_64", "ws=64 passes=3")

@@ -52,6 +52,7 @@ from ..hv.time import guest_now
 from ..hv.guest_access import MADDR_MASK
 from ..hv.machine import PageType
 from ..backends.xenstored.connection import Watch
+from ..backends.xenstored.store import is_valid_nodename
 from .stream import (DONE, NEED_DATA, DomainHeader, End, ImageHeader, LibxcContext, LibxlEnd,
                      LibxlHeader, PageData, SharedInfo, StreamReader, StreamWriter,
                      X86PvInfo, X86PvP2mFrames, X86PvVcpuBasic, X86TscInfo, XenpyExtension,
@@ -78,6 +79,7 @@ SECTION_VCPUS = "vcpus"
 SECTION_FIXUPS = "pte_fixups"
 SECTION_VBD = "vbd"
 SECTION_WATCHES = "xenstore_watches"
+WATCHES_MAX = 1024                     # a guest's watches a restore takes (xenstored's quota is lower)
 SECTION_XS_IO = "xenstore_io"          # [request bytes half read, replies not yet in the ring]
 SECTION_XS_TX = "xenstore_transactions"  # {"open": [ids], "next": id}
 
@@ -468,6 +470,11 @@ class DomainRestorer:
         """Stages 4-5 on this side: localise, validate, load vCPUs, reconnect backends."""
         try:
             return self._finish()
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            # a section of the xenpy extension with the wrong shape or types
+            self.abort()
+            raise StreamError(f"xenpy extension: Expected well-formed sections, got "
+                              f"{type(e).__name__}: {e}") from None
         except BaseException:
             self.abort()
             raise
@@ -511,7 +518,11 @@ class DomainRestorer:
             from ..hv import grant_table
             gt = grant_table.table(d)
             gt.version = int(gnt.get("version", 1))
-            grant_table.grow(gt, len(gnt["frames"]))
+            if gt.version not in (1, 2) or not isinstance(gnt["frames"], list) or \
+                    not grant_table.grow(gt, len(gnt["frames"])):
+                raise StreamError(f"xenpy extension gnttab: Expected version 1 or 2 and at "
+                                  f"most {grant_table.MAX_GRANT_FRAMES} frames, got version "
+                                  f"{gt.version}, {len(gnt['frames'])} frames")
             p2m_ = d.p2m
             try:
                 gt.load_frames([bytes.fromhex(h) for h in gnt["frames"]],
@@ -580,10 +591,14 @@ class DomainRestorer:
         for v, extra in zip(d.vcpus, self.ext.json_section(SECTION_VCPUS) or []):
             v.iopl = int(extra.get("iopl", 0))
             v.nmi_callback = int(extra.get("nmi_callback", 0))
-            if extra.get("singleshot"):
-                set_singleshot(v, int(extra["singleshot"]))
-            if extra.get("periodic"):
-                v.periodic_period = int(extra["periodic"])
+            shot, period = int(extra.get("singleshot") or 0), int(extra.get("periodic") or 0)
+            if not 0 <= v.iopl <= 3 or shot < 0 or period and not 1_000_000 <= period < 1 << 63:
+                raise StreamError(f"vcpus[{v.vcpu_id}]: Expected iopl 0..3, a deadline >= 0 "
+                                  f"and a period of 0 or >= 1 ms, got {extra!r}")
+            if shot:
+                set_singleshot(v, shot)
+            if period:
+                v.periodic_period = period
                 v.periodic = host.timers.add(v, host.clock.now() + v.periodic_period, "periodic")
             pu = extra.get("pending_user")
             if pu:
@@ -647,11 +662,20 @@ class DomainRestorer:
         """The saved watches, paths naming the old domid re-rooted at the new one."""
         assert self.d is not None and self.ext is not None
         out = []
-        for entry in self.ext.json_section(SECTION_WATCHES) or []:
+        entries = self.ext.json_section(SECTION_WATCHES) or []
+        if len(entries) > WATCHES_MAX:
+            raise StreamError(f"xenstore_watches: Expected at most {WATCHES_MAX}, got "
+                              f"{len(entries)}")
+        for entry in entries:
             try:
                 node, token, rel = entry
                 watch = Watch(_reroot(str(node), old, self.d.domid), bytes.fromhex(token),
                               None if rel is None else _reroot(str(rel), old, self.d.domid))
+                node_ok = (watch.node.startswith("@") and len(watch.node) < 64) or \
+                    is_valid_nodename(watch.node)
+                watch.node.encode("latin-1")
+                if not node_ok or len(watch.token) > 1024:
+                    raise ValueError
             except (TypeError, ValueError):
                 raise StreamError(f"xenstore_watches: Expected [node, token hex, "
                                   f"relative_to], got {entry!r}") from None
