@@ -107,7 +107,9 @@ class DomainPlan:
                                                           ("on_reboot", "restart"),
                                                           ("on_crash", "destroy"))),
                        disks=tuple(str(x["xenpy_spec"]) for x in cfg.get("disks", [])))  # type: ignore[union-attr]
-        except (KeyError, TypeError, ValueError, AttributeError):
+            for text in plan.disks:
+                parse_disk_spec(text)
+        except (KeyError, TypeError, ValueError, AttributeError, ConfigError):
             return None
         return plan if kernel.is_file() else None
 
@@ -475,12 +477,12 @@ class HostDaemon:
         """Serve ``d``: stream its console, carry out its shutdown actions, and restart
         it with ``plan`` — for a restored or migrated-in domain, the config its save
         stream carried (as `xl restore` does), when this host has its kernel."""
+        d.console_sink = lambda data, d=d: self._console_output(d, data)
+        d.on_shutdown.append(self._on_shutdown)
         plan = plan or DomainPlan.from_xl_config(d.xl_config, d.name)
         if plan is not None:
             self._plans[d.domid] = plan
             d.xl_config = plan.xl_config()
-        d.console_sink = lambda data, d=d: self._console_output(d, data)
-        d.on_shutdown.append(self._on_shutdown)
         if d.finished:
             self._on_shutdown(d)
 
