@@ -108,6 +108,8 @@ def test_save_restore_with_a_disk_mid_io(tmp_path, disk, width, persistent):
         dev = bb.devices[(d2.domid, 51712)]
         assert dev.state == S.Connected and dev.ring is not None
         assert b.xenstored.read(f"{frontend_path(d2.domid, 51712)}/backend").decode() == dev.be
+        dev.ring.kick()                 # paused: not committed to run here, no disk I/O yet
+        assert dev.ring.stats.requests == 0
         # an event pending before the restored vCPU first runs lands on the guest's stack
         d2.evtchn.set_pending(dev.ring.port)
         assert d2.vcpus[0].vcpu_info_pending()

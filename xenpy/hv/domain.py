@@ -61,6 +61,8 @@ class Domain:
         self.xl_config: dict | None = None
         self.time_offset_ns = 0          # system time - host clock (see hv/time.py)
         self.on_shutdown: list[Callable[["Domain"], None]] = []
+        #: host-side backends holding work while the domain is paused (blkback)
+        self.on_unpause: list[Callable[[], None]] = []
         self._logged: set[str] = set()
         self.cpu_time = 0.0                       # seconds of host time spent running
         self.xen_frames: list[int] = []           # per-domain hypervisor frames (freed with it)

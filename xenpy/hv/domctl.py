@@ -153,6 +153,8 @@ def pause(d: "Domain") -> None:
 def unpause(d: "Domain") -> None:
     """XEN_DOMCTL_unpausedomain."""
     d.paused = False
+    for cb in list(d.on_unpause):
+        cb()
     d.host.notify_event(d)
 
 

@@ -199,6 +199,7 @@ class BlkifRing:
         # attach where the frontend's ring stands (BACK_RING_ATTACH at rsp_prod)
         self.rsp_prod_pvt = R.get_u32(self.ring_maps[0].view, R.OFF_RSP_PROD)
         self.req_cons = self.rsp_prod_pvt
+        self.d.on_unpause.append(self.kick)
 
     # --- ring memory (entries may straddle pages on a multi-page ring) -------------------
     def _slot_off(self, idx: int) -> int:
@@ -237,8 +238,10 @@ class BlkifRing:
         self.kick()
 
     def kick(self) -> None:
-        """Take every request the frontend published."""
-        if not self.connected or self.broken:
+        """Take every request the frontend published — not while its domain is paused:
+        a domain being restored or migrated in must not touch the (shared) disk before
+        it is committed to run here; ``d.on_unpause`` kicks again."""
+        if not self.connected or self.broken or self.d.paused:
             return
         hdr = self.ring_maps[0].view
         try:
@@ -468,6 +471,8 @@ class BlkifRing:
         if not self.connected:
             return
         self.connected = False
+        if self.kick in self.d.on_unpause:
+            self.d.on_unpause.remove(self.kick)
         assert self.worker is not None
         self.worker.stop()
         self.calls.run_pending()                 # their grants are unmapped there
