@@ -91,3 +91,42 @@ def test_an_ldt_frame_cannot_be_mapped_writable(domain_factory, kernel):
     else:
         res = _call(v, "update_va_mapping", ldt, rw, 2)
     assert res < 0
+
+
+@pytest.mark.parametrize("kernel", ["hello", "hello-x86_64"])
+def test_the_ldt_moves_with_a_saved_domain(domain_factory, kernel, tmp_path):
+    """setvcpucontext loads the context's LDT (typed, mapped, LDTR), so a restored guest
+    can still load a selector from it."""
+    from xenpy.hv import domctl
+    from xenpy.hv.host import Host
+    from xenpy.toolstack import save_restore as sr
+    run, d, v, code, ldt, scratch = _booted(domain_factory, kernel)
+    w64 = d.width == 8
+    dpl = 3 if w64 else 1
+    v.gmem.write(ldt + 8, desc.segment(0, 0xFFFFF, desc.DATA_RW, dpl))
+    assert _set_ldt(v, ldt, 2, scratch) == 0
+    sel = (1 << 3) | 4 | dpl
+    ks = Ks(KS_ARCH_X86, KS_MODE_64 if w64 else KS_MODE_32)
+    reason = scratch + 0x100
+    v.gmem.write(reason, struct.pack("<I", Shutdown.poweroff))
+    if w64:
+        asm = f"mov eax, {sel}; mov fs, ax; mov edi, 2; mov rsi, {reason}; mov eax, 29; syscall"
+    else:
+        asm = f"mov eax, {sel}; mov ds, ax; mov ebx, 2; mov ecx, {reason}; mov eax, 29; int 0x82"
+    v.gmem.write(code, bytes(ks.asm(asm, code)[0]))
+    sp = v.cpu.reg("rsp" if w64 else "esp")
+    v.gmem.write(sp, code.to_bytes(d.width, "little"))    # boot iret frame -> our code
+    domctl.pause(d)
+    sr.save_domain(d, tmp_path / "ldt")
+    b = Host(64)
+    try:
+        d2 = sr.restore_domain(b, tmp_path / "ldt")
+        v2 = d2.vcpus[0]
+        assert v2.ldt == (ldt, 2) and len(v2.ldt_frames) == 1
+        domctl.unpause(d2)
+        assert b.run([d2], timeout=10)
+        assert d2.shutdown_reason == Shutdown.poweroff, d2.crash_message
+        assert v2.cpu.reg("fs" if w64 else "ds") == sel
+    finally:
+        b.close()
+        b.mem.close()

@@ -286,6 +286,7 @@ def setvcpucontext(v: "Vcpu", data: bytes, defer_registers: bool = False) -> Non
         v.pending_registers = (ctx, kernel)
     else:
         _load_registers(v, ctx, kernel)
+        _load_ldt(v)
 
 
 def load_pending(v: "Vcpu") -> None:
@@ -293,6 +294,16 @@ def load_pending(v: "Vcpu") -> None:
     pending, v.pending_registers = v.pending_registers, None
     if pending is not None:
         _load_registers(v, *pending)
+        _load_ldt(v)
+
+
+def _load_ldt(v: "Vcpu") -> None:
+    """The context's LDT, typed and mapped as MMUEXT_SET_LDT does (needs its page tables)."""
+    from . import mm
+    base, ents = v.ldt
+    if ents and mm.set_ldt(v, base, ents) < 0:
+        raise DomctlError(f"vcpu{v.vcpu_id} context: LDT at {base:#x} ({ents} entries) "
+                          "is not a valid descriptor table")
 
 
 _EFLAGS_IF = 1 << 9
@@ -313,8 +324,8 @@ def _sanitise(ctx, w: Width) -> None:
     guest (VCPUOP_initialise) or a save file never runs anything at ring 0."""
     rpl = 1 if w == Width.X86_32 else 3
 
-    def fix(sel: int) -> int:
-        return sel | rpl if sel & 3 == 0 else sel
+    def fix(sel: int) -> int:                  # __fixup_guest_selector: RPL >= the kernel's
+        return (sel & ~3) | rpl if sel & 3 < rpl else sel
     r = ctx.user_regs
     r.cs, r.ss = fix(r.cs), fix(r.ss)
     ctx.kernel_ss = fix(ctx.kernel_ss)
@@ -323,6 +334,13 @@ def _sanitise(ctx, w: Width) -> None:
     if w == Width.X86_32:
         ctx.event_callback_cs = fix(ctx.event_callback_cs)
         ctx.failsafe_callback_cs = fix(ctx.failsafe_callback_cs)
+    else:                                      # entry points must be canonical addresses
+        entries = [t.address for t in ctx.trap_ctxt] + [
+            ctx.event_callback_eip, ctx.failsafe_callback_eip, ctx.syscall_callback_eip,
+            ctx.user_regs.rip, ctx.ldt_base]
+        for a in entries:
+            if not (a < 1 << 47 or a >= (1 << 64) - (1 << 47)):
+                raise DomctlError(f"context: expected canonical addresses, got {a:#x}")
 
 
 def _load_registers(v: "Vcpu", ctx, kernel: bool) -> None:
