@@ -231,13 +231,19 @@ class DomainSaver:
         """Everything after the pages (domain paused): TSC, shared_info, vCPUs, END and the
         xenpy extension, then the libxl END."""
         d = self.d
-        items: list[object] = [X86TscInfo(0, 1_000_000, guest_now(d) & (2**64 - 1), 0),
-                               SharedInfo(bytes(d.mem.page(d.shared_info_mfn)))]
-        for v in d.vcpus:               # as libxc: a vCPU never given a context has none
-            if v.initialised:
-                items.append(X86PvVcpuBasic(v.vcpu_id, self.canonical_context(v)))
-        items.append(End())
-        items.append(self.extension().to_record())
+        # xenstored (other threads) may write the store ring at any time: its page and
+        # the connection's bytes in flight are taken together, under the daemon's lock
+        with d.host.xenstored.critical():
+            store_pfn = self._own_pfn(d.store_mfn)
+            items: list[object] = list(self.page_records([store_pfn], track=False)) \
+                if store_pfn is not None else []
+            items += [X86TscInfo(0, 1_000_000, guest_now(d) & (2**64 - 1), 0),
+                      SharedInfo(bytes(d.mem.page(d.shared_info_mfn)))]
+            for v in d.vcpus:           # as libxc: a vCPU never given a context has none
+                if v.initialised:
+                    items.append(X86PvVcpuBasic(v.vcpu_id, self.canonical_context(v)))
+            items.append(End())
+            items.append(self.extension().to_record())
         items.append(LibxlEnd())
         return items
 
