@@ -52,6 +52,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         spec.memory_mib = args.memory
     if args.cmdline is not None:
         spec.cmdline = args.cmdline
+    if args.vcpus is not None:
+        spec.vcpus = args.vcpus
     out = sys.stdout.buffer
     host = Host(memory_mib=max(args.host_memory, spec.memory_mib + 64),
                 deterministic=args.deterministic)
@@ -123,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("kernel", help="kernel ELF, xl.cfg file, or bundled guest name")
     run.add_argument("--memory", type=int, help="guest memory in MiB")
     run.add_argument("--cmdline", help="guest command line")
+    run.add_argument("--vcpus", type=int, help="vCPUs (the guest brings up all but vCPU 0)")
     run.add_argument("--timeout", type=float, default=None, help="give up after S seconds")
     run.add_argument("--host-memory", type=int, default=128, help="host memory in MiB")
     run.add_argument("--deterministic", action="store_true",

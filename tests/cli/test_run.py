@@ -107,3 +107,11 @@ def test_xl_cfg_without_kernel(tmp_path):
     cfg = tmp_path / "nokernel.cfg"
     cfg.write_text('name = "x"\nmemory = 16\n')
     assert_one_line_error(xenpy("run", str(cfg)), "kernel")
+
+
+def test_run_with_vcpus():
+    run = xenpy("run", "smp-x86_64", "--vcpus", "2", "--cmdline", "n=1000")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[-1] == "smp: PASS (6 checks)"
+    one = xenpy("run", "smp-x86_64", "--cmdline", "n=1000")      # vCPU 1 does not exist
+    assert one.returncode != 0 and "smp: start: FAIL" in one.stdout
