@@ -23,3 +23,9 @@ def bundled_guests() -> Path:
         if done.returncode != 0:
             pytest.fail(f"`make -C guests` failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
     return build
+
+
+@pytest.fixture(params=[32, 64], ids=["pv32", "pv64"])
+def width(request) -> int:
+    """Each guest width in turn (directories with other width values override it)."""
+    return request.param

@@ -9,11 +9,6 @@ def _guests_built(bundled_guests):
     return bundled_guests
 
 
-@pytest.fixture(params=[32, 64], ids=["pv32", "pv64"])
-def width(request) -> int:
-    return request.param
-
-
 @pytest.fixture
 def pair(domain_factory, width):
     """(attacker, victim): two domains of the same width on one host."""

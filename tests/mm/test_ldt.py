@@ -48,8 +48,9 @@ def _set_ldt(v, ldt_va: int, ents: int, scratch: int) -> int:
     return _call(v, "mmuext_op", scratch, 1, 0, DOMID_SELF)
 
 
-@pytest.mark.parametrize("kernel", ["hello", "hello-x86_64"])
-def test_guest_loads_a_selector_from_its_ldt(domain_factory, kernel):
+def _ldt_loader(domain_factory, kernel):
+    """A booted guest with a 2-entry LDT (entry 1: a flat data segment) whose first
+    instructions load that selector, then power off: (run, d, v, ldt va, selector)."""
     run, d, v, code, ldt, scratch = _booted(domain_factory, kernel)
     w64 = d.width == 8
     dpl = 3 if w64 else 1
@@ -66,6 +67,13 @@ def test_guest_loads_a_selector_from_its_ldt(domain_factory, kernel):
     v.gmem.write(code, bytes(ks.asm(asm, code)[0]))
     sp = v.cpu.reg("rsp" if w64 else "esp")
     v.gmem.write(sp, code.to_bytes(d.width, "little"))    # boot iret frame -> our code
+    return run, d, v, ldt, sel
+
+
+@pytest.mark.parametrize("kernel", ["hello", "hello-x86_64"])
+def test_guest_loads_a_selector_from_its_ldt(domain_factory, kernel):
+    run, d, v, _ldt, sel = _ldt_loader(domain_factory, kernel)
+    w64 = d.width == 8
     assert run.run(10)
     assert run.shutdown_reason == Shutdown.poweroff, run.domain.crash_message
     assert v.cpu.reg("fs" if w64 else "ds") == sel
@@ -100,22 +108,8 @@ def test_the_ldt_moves_with_a_saved_domain(domain_factory, kernel, tmp_path):
     from xenpy.hv import domctl
     from xenpy.hv.host import Host
     from xenpy.toolstack import save_restore as sr
-    run, d, v, code, ldt, scratch = _booted(domain_factory, kernel)
+    run, d, v, ldt, sel = _ldt_loader(domain_factory, kernel)
     w64 = d.width == 8
-    dpl = 3 if w64 else 1
-    v.gmem.write(ldt + 8, desc.segment(0, 0xFFFFF, desc.DATA_RW, dpl))
-    assert _set_ldt(v, ldt, 2, scratch) == 0
-    sel = (1 << 3) | 4 | dpl
-    ks = Ks(KS_ARCH_X86, KS_MODE_64 if w64 else KS_MODE_32)
-    reason = scratch + 0x100
-    v.gmem.write(reason, struct.pack("<I", Shutdown.poweroff))
-    if w64:
-        asm = f"mov eax, {sel}; mov fs, ax; mov edi, 2; mov rsi, {reason}; mov eax, 29; syscall"
-    else:
-        asm = f"mov eax, {sel}; mov ds, ax; mov ebx, 2; mov ecx, {reason}; mov eax, 29; int 0x82"
-    v.gmem.write(code, bytes(ks.asm(asm, code)[0]))
-    sp = v.cpu.reg("rsp" if w64 else "esp")
-    v.gmem.write(sp, code.to_bytes(d.width, "little"))    # boot iret frame -> our code
     domctl.pause(d)
     sr.save_domain(d, tmp_path / "ldt")
     b = Host(64)
