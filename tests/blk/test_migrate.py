@@ -6,9 +6,10 @@ deterministic so a save lands at a reproducible point of the guest's I/O.
 """
 from __future__ import annotations
 
-import struct
 import socket
+import struct
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,15 @@ def check_image(path: Path, last_round: int) -> int:
         assert not bad, f"slot {s} gen {g}: {len(bad)} words differ, first {bad[0]}"
         newest = max(newest, g)
     return newest
+
+
+def _wait(cond, d, timeout: float = 60.0) -> None:
+    """Until ``cond()`` (a host runs in another thread); fails if ``d`` ends first."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert not d.finished, d.console_log.decode()[-2000:]
+        assert time.monotonic() < deadline, f"gave up after {timeout} s"
+        threading.Event().wait(0.02)
 
 
 @pytest.fixture
@@ -155,8 +165,7 @@ def test_live_migration_with_a_disk(tmp_path, disk, width):
     try:
         d = ra.call(lambda: _boot(a, width, disk, "rounds=0 report=10"))
         ra.call(lambda: domctl.unpause(d) if d.paused else None)
-        while b"round 20 ok" not in d.console_log:
-            threading.Event().wait(0.02)
+        _wait(lambda: b"round 20 ok" in d.console_log, d)
         srv = socket.create_server(("127.0.0.1", 0))
         got: dict = {}
 
@@ -171,9 +180,7 @@ def test_live_migration_with_a_disk(tmp_path, disk, width):
         t.join(30)
         d2 = got["d"]
         before = d2.console_log.count(b" ok\n")
-        while d2.console_log.count(b" ok\n") < before + 3:
-            assert not d2.finished, d2.console_log.decode()[-2000:]
-            threading.Event().wait(0.02)
+        _wait(lambda: d2.console_log.count(b" ok\n") >= before + 3, d2)
         log = (d.console_log + d2.console_log).decode()
         assert "FAIL" not in log, log[-2000:]
         assert stats.downtime_s > 0
