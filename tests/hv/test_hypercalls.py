@@ -481,3 +481,34 @@ def test_a_vcpu_context_with_bad_data_selectors_does_not_stop_the_host(domain_fa
     v0.online, v1.online = False, True          # run only the new vCPU
     assert g.run(timeout=30)                    # the host loop did not raise
     assert v1.cpu.reg("ds") == 0 and v1.pending_registers is None
+
+
+@pytest.mark.parametrize("ring", ["console", "store"])
+def test_cannot_give_back_a_ring_page_the_host_writes(arena, ring):
+    """The console and xenstore rings are written by host backends: a guest that unmaps
+    and decreases one would have the host write into whoever gets the frame next."""
+    from xenpy.abi import memory as M
+    a = arena
+    d = a.attacker
+    mfn = d.console_mfn if ring == "console" else d.store_mfn
+    va = a.lay.va(a.lay.console_pfn if ring == "console" else a.lay.xenstore_pfn)
+    assert a.call("update_va_mapping", va, 0, 0, 2) == 0          # unmapped by the guest
+    sc = a.scratch
+    a.write(sc, struct.pack("<IIIIH2x", sc + 64, 1, 0, 0, DOMID_SELF))
+    a.write(sc + 64, struct.pack("<I", mfn))
+    assert a.call("memory_op", M.XENMEM_decrease_reservation, sc) == 0   # none given back
+    assert d.owns(mfn) and d.mem.m2p(mfn) is not None
+
+
+def test_a_v2_grant_status_frame_can_never_be_a_page_table(arena):
+    """The hypervisor writes grant status words into it: typed as an L1 it would let the
+    guest forge PTEs through the hypervisor's writes."""
+    from xenpy.hv import grant_table, mm
+    from xenpy.hv.machine import PageType
+    d = arena.attacker
+    gt = grant_table.table(d)
+    grant_table.grow(gt, 1)
+    assert grant_table.set_version(d, 2) == 0 and gt.status
+    for mfn in gt.status:
+        with pytest.raises(mm.PageError):
+            mm.get_page_type(d, mfn, PageType.l1)

@@ -43,11 +43,9 @@ def audit(host: "Host") -> list[str]:
                 refs[mfn] += 1
         for mfn in d.unplaced:
             refs[mfn] += 1
-        for mfn in d.special_frames:
+        for mfn in d.special_frames:        # shared_info, grant and v2 status frames
             refs[mfn] += 1
             use(mfn, PageType.writable)
-        for mfn in grant_table.status_frames(d):
-            refs[mfn] += 1
         for v in d.vcpus:
             for mfn in (v.guest_table, v.guest_table_user):
                 if mfn:

@@ -90,6 +90,14 @@ class Domain:
     def nr_pages(self) -> int:
         return sum(1 for m in self.p2m if m >= 0) + len(self.unplaced)
 
+    def hypervisor_held(self, mfn: int) -> bool:
+        """Frames the hypervisor or a host backend writes on the domain's behalf:
+        shared_info, grant and v2 status frames, the console and xenstore rings.  The guest
+        may not give them back, exchange or transfer them (the host would go on writing
+        into a frame someone else then owns)."""
+        return mfn in self.special_frames or mfn in (self.console_mfn, self.store_mfn) or \
+            (self.gnttab is not None and mfn in self.gnttab.status)
+
     def owns(self, mfn: int) -> bool:
         return 0 <= mfn < self.mem.nr_frames and self.mem.owner[mfn] == self.domid
 

@@ -341,7 +341,9 @@ def grow(gt: GrantTable, nr_frames: int) -> bool:
 def _grow_status(gt: GrantTable) -> None:
     d = gt.d
     while len(gt.status) < gt.nr_status_frames():
-        gt.status.append(d.mem.alloc_frames(d.domid, 1)[0])
+        mfn = d.mem.alloc_frames(d.domid, 1)[0]
+        mm.share_xen_page_with_guest(d, mfn)   # the hypervisor writes it: never a page table
+        gt.status.append(mfn)
 
 
 def maptrack_refs(d: "Domain") -> list:
@@ -568,7 +570,7 @@ def _copy_buf(v: "Vcpu", is_gref: bool, ref_or_mfn: int, domid: int, off: int, l
             gt.release(ref_or_mfn, readonly)
     else:
         mfn = ref_or_mfn
-        if not d.owns(mfn) or mfn in d.special_frames or mfn in status_frames(d):
+        if not d.owns(mfn) or d.hypervisor_held(mfn):
             return G.GNTST_bad_page, 0, None
 
         def release() -> None:
@@ -609,7 +611,7 @@ def gnttab_transfer(v: "Vcpu", mfn: int, domid: int, ref: int) -> int:
     """One struct gnttab_transfer: give page ``mfn`` to ``domid`` through its entry ``ref``."""
     d = v.domain
     mem = d.mem
-    if not d.owns(mfn) or mfn in d.special_frames or mfn in status_frames(d):
+    if not d.owns(mfn) or d.hypervisor_held(mfn):
         return G.GNTST_bad_page
     if mem.ref_count[mfn] != 1 or mem.type_count[mfn] or mem.pinned[mfn]:
         return G.GNTST_bad_page                 # steal_page: mapped or typed pages stay
@@ -666,6 +668,7 @@ def set_version(d: "Domain", version: int) -> int:
         for mfn in gt.status:
             if mem.ref_count[mfn] != 1:
                 return -Errno.EBUSY             # the guest still maps a status frame
+        d.special_frames.difference_update(gt.status)
         mem.free_frames_of(list(gt.status))
         gt.status.clear()
     for mfn in gt.shared:

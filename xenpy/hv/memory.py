@@ -36,8 +36,8 @@ MEMOP_CMD_MASK = (1 << MEMOP_EXTENT_SHIFT) - 1
 
 
 def is_special(d: "Domain", mfn: int) -> bool:
-    """A hypervisor page shared with the guest (never the guest's RAM to give away)."""
-    return mfn in d.special_frames or mfn in grant_table.status_frames(d)
+    """A frame the guest may not give back or exchange (Domain.hypervisor_held)."""
+    return d.hypervisor_held(mfn)
 
 
 def _target(v: "Vcpu", domid: int) -> "Domain | None":
