@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING
 from unicorn import x86_const as X
 
 from ..abi.sched import Shutdown
-from ..abi.xen import PAGE_SIZE, Width
+from ..abi.xen import PAGE_SHIFT, PAGE_SIZE, Width
 from ..hv.guest_access import GuestFault, walk
+from ..hv.machine import PageType
 from .gdbstub.target import (SIGINT, SIGTRAP, BpKind, MemoryAccessError, Resume,
                              StopEvent)
 from .gdbstub.uc_debug import UcDebug
@@ -44,6 +45,10 @@ if TYPE_CHECKING:
     from .catch import Catchpoints
 
 log = logging.getLogger("xenpy.debug")
+
+#: frame types a debugger write must not touch: the hypervisor validated their contents
+_GUARDED_TYPES = frozenset({PageType.l1, PageType.l2, PageType.l3, PageType.l4,
+                            PageType.seg_desc})
 
 SIGABRT = 6     # a crashed domain: gdb shows "terminated with signal SIGABRT"
 
@@ -195,7 +200,9 @@ class DomainTarget:
             log.warning("gdb: refusing to change %s of d%d vCPU %d", name, self.domain.domid, vcpu)
             return
         if name == "cr3":
-            v.set_cr3(value)   # keep the hypervisor's view of the address space in step
+            # the page tables are the guest's validated ones: pointing a vCPU at any other
+            # frames would let gdb read and write memory that is not this domain's
+            log.warning("gdb: refusing to change cr3 of d%d vCPU %d", self.domain.domid, vcpu)
             return
         uc.reg_write(reg, value)
 
@@ -210,14 +217,25 @@ class DomainTarget:
         except GuestFault:
             raise MemoryAccessError(vaddr, 1) from None
 
-    def _pieces(self, vcpu: int, vaddr: int, size: int) -> list[tuple[int, int, int]]:
-        """(machine address, offset, length) per page; all translated before any access."""
+    def _pieces(self, vcpu: int, vaddr: int, size: int, write: bool = False
+                ) -> list[tuple[int, int, int]]:
+        """(machine address, offset, length) per page; all translated before any access.
+        Reads go wherever the guest's own (validated) page tables lead; writes only to
+        the domain's own frames that are not page tables or descriptor tables (a gdb
+        write bypasses the hypervisor's checks, so it must not reach what they guard)."""
         if size < 0 or vaddr < 0 or vaddr + size > (1 << (8 * self.width)):
             raise MemoryAccessError(vaddr, size, "an address outside the guest's range")
+        d, mem = self.domain, self.domain.mem
         out, off = [], 0
         while off < size:
             n = min(size - off, PAGE_SIZE - (vaddr + off) % PAGE_SIZE)
-            out.append((self.translate(vcpu, vaddr + off), off, n))
+            m = self.translate(vcpu, vaddr + off)
+            mfn = m >> PAGE_SHIFT
+            if write and (not d.owns(mfn) or d.hypervisor_held(mfn) or
+                          (mem.type_count[mfn] and mem.type[mfn] in _GUARDED_TYPES)):
+                raise MemoryAccessError(vaddr + off, n, "a frame gdb may not write (not the "
+                                        "domain's, a page table or a hypervisor page)")
+            out.append((m, off, n))
             off += n
         return out
 
@@ -229,7 +247,7 @@ class DomainTarget:
         """A debugger write ignores the page's RW bit (gdb patches code); the written
         range's translated code is dropped on every vCPU of the domain."""
         view = self.domain.mem.view
-        for m, off, n in self._pieces(vcpu, vaddr, len(data)):
+        for m, off, n in self._pieces(vcpu, vaddr, len(data), write=True):
             view[m:m + n] = data[off:off + n]
         for v in self.domain.vcpus:
             v.cpu.invalidate_code(vaddr, vaddr + len(data))

@@ -21,6 +21,8 @@ from typing import ClassVar
 from xenpy.debug.gdbstub import rsp
 from xenpy.debug.gdbstub.target import SIGTRAP, BpKind, MemoryAccessError, Resume, StopEvent, Target
 from xenpy.debug.gdbstub.xml import TargetDescription, target_description
+from unicorn import UcError
+
 from xenpy.errors import RemoteProtocolError, XenpyError
 
 log = logging.getLogger("xenpy.debug.gdbstub")
@@ -136,6 +138,11 @@ class GdbStub:
             replies = [E_INVAL]
         except MemoryAccessError:
             replies = [E_FAULT]
+        except (XenpyError, UcError, ValueError, OverflowError) as exc:
+            # an argument the target refused (e.g. a breakpoint outside the address space):
+            # an error reply, never the end of the stub thread with the domain held
+            log.debug("gdb packet %r refused: %s", data[:60], exc)
+            replies = [E_INVAL]
         out = bytearray()
         for reply in replies:
             if isinstance(reply, _Raw):
@@ -357,6 +364,9 @@ class GdbStub:
         if kind_n > BpKind.ACCESS:
             return [b""]
         kind, addr, length = BpKind(kind_n), _hex_int(fields[1], "address"), _hex_int(fields[2], "kind")
+        if not 0 <= addr < 1 << 64 or not 0 <= length <= 1 << 16 or addr + length > 1 << 64:
+            raise _BadPacket(f"Z/z packet: expected an address and length in the address "
+                             f"space, got {addr:#x},{length:#x}")
         key = (kind, addr, length)
         if insert:
             if not self.target.insert_breakpoint(kind, addr, length):
