@@ -106,3 +106,12 @@ def test_xl_list_row_layout() -> None:
     assert format_list_row(row) == f"{'spin':<40}     7    16     1     ---sc-      12.3"
     assert format_state({**row, "shutdown_reason": 0}) == "---s--"
     assert format_state({**row, "shutdown": False, "paused": True, "blocked": True}) == "-bp---"
+
+
+def test_a_nesting_bomb_is_a_protocol_error() -> None:
+    """json.loads of 100k '[' raises RecursionError: it once killed the control thread."""
+    c = ControlConnection()
+    body = b"[" * 100_000
+    c.receive_data(struct.pack(">I", len(body)) + body)
+    with pytest.raises(RemoteProtocolError, match="UTF-8 JSON"):
+        c.next_event()

@@ -88,3 +88,12 @@ def test_a_raising_host_side_call_is_logged_and_the_host_carries_on(caplog):
         host.mem.close()
     assert ran == [1] and host.soon_call_failures == 1
     assert "backend bug" in caplog.text
+
+
+def test_console_input_a_guest_never_reads_is_bounded(domain_factory):
+    from xenpy.backends.console import MAX_PENDING_INPUT
+    g = domain_factory("hello", memory_mib=8)
+    con = g.domain.host.consoles.consoles[g.domain.domid]
+    for _ in range(3):
+        con.feed(b"x" * MAX_PENDING_INPUT)
+    assert len(con.pending_input) <= MAX_PENDING_INPUT

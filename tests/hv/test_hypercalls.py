@@ -512,3 +512,28 @@ def test_a_v2_grant_status_frame_can_never_be_a_page_table(arena):
     for mfn in gt.status:
         with pytest.raises(mm.PageError):
             mm.get_page_type(d, mfn, PageType.l1)
+
+
+def test_exchange_reports_progress_and_is_bounded(arena):
+    """XENMEM_exchange whose output list feeds the frames it gets back in as the next
+    inputs would loop 2^32 times in one call: it stops after EXCHANGE_MAX_PER_CALL with
+    -EAGAIN, nr_exchanged saying how far it got (also on a fault part-way)."""
+    from xenpy.abi import memory as M
+    from xenpy.hv import memory as MM
+    a = arena
+    d = a.attacker
+    mem = d.mem
+    mfn = next(m for m in d.p2m if m >= 0 and mem.ref_count[m] == 1 and not mem.type_count[m]
+               and not d.hypervisor_held(m))
+    sc = a.scratch
+    ext = sc + 256
+    nr = MM.EXCHANGE_MAX_PER_CALL + 10
+    a.write(sc, struct.pack("<IIIIH2x", ext, nr, 0, 0, DOMID_SELF)
+            + struct.pack("<IIIIH2x", ext + 4, nr, 0, 0, DOMID_SELF) + struct.pack("<I", 0))
+    a.write(ext, struct.pack("<I", mfn))
+    pages = d.nr_pages
+    rc = a.call("memory_op", M.XENMEM_exchange, sc)
+    done = struct.unpack("<I", a.v.gmem.read(sc + 40, 4))[0]
+    # the chain runs off the scratch page (a fault) or into the per-call bound
+    assert (rc, done > 0) in ((-Errno.EAGAIN, True), (-Errno.EFAULT, True)), (rc, done)
+    assert done <= MM.EXCHANGE_MAX_PER_CALL and d.nr_pages == pages

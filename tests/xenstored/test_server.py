@@ -5,6 +5,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -115,3 +116,33 @@ def test_bind_failure_is_a_config_error() -> None:
     srv = UnixSocketServer(Xenstored(), "/nonexistent-dir/socket")
     with pytest.raises(ConfigError, match="cannot bind"):
         srv.start()
+
+
+def test_a_client_that_never_reads_is_closed_not_buffered_forever(server, monkeypatch) -> None:
+    from xenpy.backends.xenstored import server as srv_mod
+    monkeypatch.setattr(srv_mod, "MAX_CLIENT_BACKLOG", 1 << 20)
+    daemon, srv = server
+    daemon.write("/big", b"A" * 4000)
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(srv.path)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    req = XSD_SOCKMSG.pack(T.XS_READ, 1, 0, 5) + b"/big\0"  # ~4 KB replies
+    closed = False
+    try:
+        for _ in range(40):                                 # up to ~30 MB of replies
+            s.sendall(req * 200)
+    except (BrokenPipeError, ConnectionResetError):
+        closed = True
+    deadline = time.monotonic() + 10
+    while not closed and time.monotonic() < deadline:
+        s.settimeout(0.5)
+        try:
+            closed = s.recv(1 << 20) == b"" or closed
+        except socket.timeout:
+            pass
+        except ConnectionResetError:
+            closed = True
+        if sum(len(c.out) for c in srv._clients.values()) == 0 and not srv._clients:
+            closed = True
+    s.close()
+    assert closed and all(len(c.out) <= 2 << 20 for c in srv._clients.values())

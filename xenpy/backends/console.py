@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from ..hv.domain import Domain
 
 log = logging.getLogger("xenpy.console")
+
+#: console input queued for a guest that does not read it (xenconsoled reads its tty only
+#: when the ring has room; here the control socket pushes, so the queue is bounded)
+MAX_PENDING_INPUT = 1 << 20
 Sink = Callable[[bytes], None]
 
 
@@ -76,8 +80,14 @@ class DomainConsole:
         return self.domain.mem.view[base + off:base + off + XENCONS_IN_SIZE]
 
     def feed(self, data: bytes) -> None:
-        """Queue keyboard input for the guest."""
+        """Queue keyboard input for the guest (at most MAX_PENDING_INPUT bytes wait:
+        the rest is dropped, as a full tty buffer would)."""
         with self.lock:
+            room = MAX_PENDING_INPUT - len(self.pending_input)
+            if len(data) > room:
+                log.warning("d%d console: input not read by the guest; dropping %d bytes",
+                            self.domain.domid, len(data) - max(room, 0))
+                data = data[:max(room, 0)]
             self.pending_input += data
             filled = self._fill_input()
         if filled:

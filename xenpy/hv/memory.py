@@ -21,6 +21,7 @@ from ..abi.errno import Errno
 from ..abi.xen import (DOMID_SELF, MACH2PHYS_VIRT_END_PAE, MACH2PHYS_VIRT_END_X86_64,
                        MACH2PHYS_VIRT_START_PAE, MACH2PHYS_VIRT_START_X86_64, PAGE_SHIFT, Width)
 from . import grant_table, mm
+from .guest_access import GuestFault
 from .hypercall import hypercall
 from .machine import OutOfMemory
 
@@ -214,6 +215,11 @@ def add_to_physmap(d: "Domain", space: int, idx: int, gpfn: int) -> int:
     return 0
 
 
+#: extents one XENMEM_exchange call handles (Xen preempts with a continuation; a guest
+#: that lists the frames it gets back as the next inputs could otherwise loop 2^32 times)
+EXCHANGE_MAX_PER_CALL = 1 << 14
+
+
 def _exchange(v: "Vcpu", arg: int) -> int:
     """XENMEM_exchange: give back ``in`` extents, receive as many ``out`` extents."""
     d = v.domain
@@ -230,23 +236,31 @@ def _exchange(v: "Vcpu", arg: int) -> int:
     if _target(v, in_dom) is None or _target(v, out_dom) is None:
         return -Errno.EPERM
     rc = 0
-    while exchanged < in_nr:
-        mfn = g.read_ulong(in_ext + w * exchanged)
-        gpfn = g.read_ulong(out_ext + w * exchanged)
-        mem = d.mem
-        if not d.owns(mfn) or is_special(d, mfn) or mem.ref_count[mfn] != 1 or \
-                mem.type_count[mfn] or (mm._p2m_index(d, mfn) is None and mfn not in d.unplaced):
-            rc = -Errno.EINVAL       # steal_page fails: the frame is in use
-            break
-        try:
-            new = mem.alloc_frames(d.domid, 1)[0]
-        except OutOfMemory:
-            rc = -Errno.ENOMEM
-            break
-        guest_remove_page(d, mfn)
-        d.unplaced.add(new)
-        mm.set_gpfn_from_mfn(d, new, gpfn)
-        g.write_ulong(out_ext + w * exchanged, new)
-        exchanged += 1
+    budget = EXCHANGE_MAX_PER_CALL       # new frames can be fed back in: bound one call
+    try:
+        while exchanged < in_nr:
+            budget -= 1
+            if budget < 0:
+                rc = -Errno.EAGAIN           # progress is in nr_exchanged: call again
+                break
+            mfn = g.read_ulong(in_ext + w * exchanged)
+            gpfn = g.read_ulong(out_ext + w * exchanged)
+            mem = d.mem
+            if not d.owns(mfn) or is_special(d, mfn) or mem.ref_count[mfn] != 1 or \
+                    mem.type_count[mfn] or (mm._p2m_index(d, mfn) is None and mfn not in d.unplaced):
+                rc = -Errno.EINVAL   # steal_page fails: the frame is in use
+                break
+            try:
+                new = mem.alloc_frames(d.domid, 1)[0]
+            except OutOfMemory:
+                rc = -Errno.ENOMEM
+                break
+            guest_remove_page(d, mfn)
+            d.unplaced.add(new)
+            mm.set_gpfn_from_mfn(d, new, gpfn)
+            exchanged += 1               # done: a fault reporting it still counts it
+            g.write_ulong(out_ext + w * (exchanged - 1), new)
+    except GuestFault:
+        rc = -Errno.EFAULT           # the extents exchanged so far are still reported
     g.write_ulong(done_at, exchanged)
     return rc

@@ -189,8 +189,8 @@ class ControlConnection:
         del self._buf[:_HEADER.size + n]
         try:
             obj = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise RemoteProtocolError(f"frame: expected UTF-8 JSON, found {body[:40]!r}") from e
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:   # nesting bombs too
+            raise RemoteProtocolError(f"frame: expected UTF-8 JSON, found {body[:40]!r}") from None
         return _from_wire(obj)
 
     def _end_or_need(self) -> _NeedData | None:

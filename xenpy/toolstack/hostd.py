@@ -214,7 +214,11 @@ class ControlServer:
                         pass
                 elif key.data.sock in self._clients:
                     if mask & selectors.EVENT_READ:
-                        self._read(key.data)
+                        try:
+                            self._read(key.data)
+                        except Exception:     # one client's failure is that client's only
+                            log.exception("control: dropping a client after an error")
+                            self._drop(key.data)
             for client in list(self._clients.values()):
                 self._write(client)
 
@@ -223,6 +227,10 @@ class ControlServer:
         try:
             sock, _ = self._listener.accept()
         except BlockingIOError:
+            return
+        except OSError as e:          # out of descriptors: keep serving those we have
+            log.warning("control: cannot accept a client: %s", e)
+            time.sleep(0.05)          # the listener stays readable: do not spin on it
             return
         sock.setblocking(False)
         client = _Client(sock)

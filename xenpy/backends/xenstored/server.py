@@ -17,6 +17,7 @@ import os
 import selectors
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 
 from xenpy.backends.xenstored.connection import Connection
@@ -26,6 +27,8 @@ from xenpy.errors import ConfigError
 log = logging.getLogger("xenpy.xenstored")
 
 _RECV_SIZE = 65536
+#: replies queued for a tools client that does not read them, before it is closed
+MAX_CLIENT_BACKLOG = 16 << 20
 
 
 @dataclass(eq=False)
@@ -142,6 +145,10 @@ class UnixSocketServer:
             sock, _ = self._listener.accept()
         except BlockingIOError:
             return
+        except OSError as e:          # out of descriptors: keep serving those we have
+            log.warning("xenstored: cannot accept a client: %s", e)
+            time.sleep(0.05)          # the listener stays readable: do not spin on it
+            return
         sock.setblocking(False)
         conn = self.daemon.tool_connection()
         client = _Client(sock, conn)
@@ -169,6 +176,10 @@ class UnixSocketServer:
         if data:
             client.out += data
             self._write(client)
+            if len(client.out) > MAX_CLIENT_BACKLOG:
+                log.warning("xenstored: a tools client stopped reading (%d bytes queued); "
+                            "closing it", len(client.out))
+                self._drop(client)
 
     def _write(self, client: _Client) -> None:
         assert self._sel is not None
