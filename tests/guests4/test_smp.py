@@ -61,3 +61,67 @@ def test_the_last_vcpu_going_down_powers_the_domain_off(new_host, guest_build, w
     assert vcpu_op.do_vcpu_op(d.vcpus[0], VO.VCPUOP_down, 0, 0) == 0   # as on itself
     assert d.vcpus[0].online is True and d.shutdown_reason.name == "poweroff"
     assert run.run(timeout=10)
+
+
+def test_a_64bit_context_whose_iretq_faults_never_reaches_the_guest_at_ring_0(
+        domain_factory, bundled_guests):
+    """VCPUOP_initialise with a user-mode context whose CS the firmware's ring-0 iretq
+    refuses (#GP): the guest's #GP handler must not run with the hypervisor's CS (it once
+    did, at CPL 0, and could rewrite the host-wide M2P). The domain crashes instead."""
+    import struct
+    from keystone import KS_ARCH_X86, KS_MODE_64, Ks
+    from xenpy.abi.xen import HYPERCALL_NR, PAGE_SIZE
+    from xenpy.cli import resolve_kernel
+    from xenpy.hv import hypercall as hc
+    from xenpy.toolstack.builder import plan_layout
+    from xenpy.toolstack.elf import load_xen_elf
+
+    def call(v, name, *a):
+        return hc.dispatch(v, HYPERCALL_NR[name], tuple(x & (2**64 - 1) for x in a)
+                           + (0,) * (6 - len(a)))
+    run = domain_factory("hello-x86_64", memory_mib=8, vcpus=2, name="att")
+    victim = domain_factory("hello-x86_64", memory_mib=8, name="vic").domain
+    d = run.domain
+    v0, v1 = d.vcpus
+    top = plan_layout(load_xen_elf(resolve_kernel("hello-x86_64")), d.max_pages, d.width).virt_end
+    code, ctxpage, stack = top - PAGE_SIZE, top - 4 * PAGE_SIZE, top - 2 * PAGE_SIZE
+    out = code + 0x800
+    vmfn = victim.p2m[5]
+    m2p_before = d.mem.m2p(vmfn)
+    payload = f"""mov ax, cs; movabs rbx, {out}; mov [rbx], ax
+        movabs rsi, {0xFFFF800000000000 + 8 * vmfn}; mov qword ptr [rsi], 0x41414141
+        l: jmp l"""
+    pcode = code + 0x100
+    v0.gmem.write(pcode, bytes(Ks(KS_ARCH_X86, KS_MODE_64).asm(payload, pcode)[0]))
+    v0.gmem.write(code, b"\xeb\xfe")                       # vCPU 0 just spins
+    v0.gmem.write(v0.cpu.reg("rsp"), code.to_bytes(8, "little"))
+    ctx = domctl.vcpu_guest_context(d.width).from_buffer_copy(domctl.getvcpucontext(v0))
+    ctx.flags = domctl.VGCF_online                         # user mode
+    ctx.ctrlreg[1] = ctx.ctrlreg[3]
+    ctx.user_regs.rip = code
+    ctx.user_regs.cs = 0xe02b                              # a data selector: iretq #GPs
+    ctx.kernel_sp = stack + PAGE_SIZE
+    ctx.trap_ctxt[13].vector, ctx.trap_ctxt[13].cs, ctx.trap_ctxt[13].address = 13, 0xe033, pcode
+    v0.gmem.write(ctxpage, bytes(ctx))
+    assert call(v0, "vcpu_op", 0, 1, ctxpage) == 0         # VCPUOP_initialise
+    assert call(v0, "vcpu_op", 1, 1, 0) == 0               # VCPUOP_up
+    run.run(2)
+    assert struct.unpack("<H", v0.gmem.read(out, 2))[0] == 0      # the handler never ran
+    assert d.mem.m2p(vmfn) == m2p_before
+    assert d.shutdown_reason.name == "crash"
+
+
+
+@pytest.mark.parametrize("field", ["no-user-table", "fs_base"])
+def test_a_bad_64bit_context_is_refused(domain_factory, bundled_guests, field):
+    """As Xen's arch_set_info_guest: user mode needs a user page table, and segment
+    bases must be canonical."""
+    run = domain_factory("hello-x86_64", memory_mib=8, vcpus=2)
+    v0, v1 = run.domain.vcpus
+    ctx = domctl.vcpu_guest_context(run.domain.width).from_buffer_copy(domctl.getvcpucontext(v0))
+    if field == "no-user-table":
+        ctx.flags, ctx.ctrlreg[1] = domctl.VGCF_online, 0
+    else:
+        ctx.fs_base = 1 << 63
+    with pytest.raises(domctl.DomctlError):
+        domctl.setvcpucontext(v1, bytes(ctx))

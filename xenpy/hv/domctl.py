@@ -243,6 +243,9 @@ def setvcpucontext(v: "Vcpu", data: bytes, defer_registers: bool = False) -> Non
     top = PageType.l3 if w == Width.X86_32 else PageType.l4
     cr3 = xen_cr3_to_pfn(w, ctx.ctrlreg[3])
     user = xen_cr3_to_pfn(w, ctx.ctrlreg[1]) if w == Width.X86_64 else 0
+    if w == Width.X86_64 and not user and not ctx.flags & VGCF_IN_KERNEL:
+        raise DomctlError(f"vcpu{v.vcpu_id} context: user mode without a user page table "
+                          "(ctrlreg[1] = 0)")
     gdt = [ctx.gdt_frames[i] for i in range((ctx.gdt_ents + 511) // 512)]
     if ctx.gdt_ents > 14 * 512:
         raise DomctlError(f"vcpu{v.vcpu_id} gdt_ents: expected at most {14 * 512}, "
@@ -337,7 +340,8 @@ def _sanitise(ctx, w: Width) -> None:
     else:                                      # entry points must be canonical addresses
         entries = [t.address for t in ctx.trap_ctxt] + [
             ctx.event_callback_eip, ctx.failsafe_callback_eip, ctx.syscall_callback_eip,
-            ctx.user_regs.rip, ctx.ldt_base]
+            ctx.user_regs.rip, ctx.ldt_base, ctx.fs_base, ctx.gs_base_kernel,
+            ctx.gs_base_user]
         for a in entries:
             if not (a < 1 << 47 or a >= (1 << 64) - (1 << 47)):
                 raise DomctlError(f"context: expected canonical addresses, got {a:#x}")

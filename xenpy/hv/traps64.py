@@ -106,6 +106,13 @@ def do_trap(v: "Vcpu", vector: int) -> None:
     rip = cpu.reg("rip")
     hardware, error_code = classify(v, vector, rip)
     if hardware:
+        if rip == v.fw_iret or cpu.reg("cs") & 3 != 3:
+            # the hypervisor's own ring-0 iretq faulted on the frame it was handed (a bad
+            # context): bouncing now would run the guest's handler with the hypervisor's
+            # CS, at ring 0
+            v.domain.crash(f"fault {vector} (ec={error_code}) entering the guest context "
+                           "(bad vCPU context)")
+            return
         if vector == TRAP_gp_fault and error_code == 0:
             if emul_priv_op.emulate_tsc(v, rip) or (v.kernel_mode
                                                    and emul_priv_op.emulate64(v, rip)):
