@@ -65,3 +65,26 @@ def test_permitted_io_reads_all_ones(domain_factory, kernel):
     run.run(10)
     assert run.shutdown_reason == Shutdown.crash, run.domain.crash_message  # the tail, no #GP
     assert v.gmem.read(io_at - 5 + 0x400, 1) == b"\xff"     # no device: the read floats high
+
+
+# a hypercall right after a denied port I/O, in the same translated block, once ran before the
+# #GP (and its CPU effects were then rolled back: MMUEXT_NEW_BASEPTR left Unicorn on the old
+# page directory while the hypervisor tracked the new one)
+def test_hypercall_after_denied_io(domain_factory, bundled_guests):
+    run = domain_factory("hello", memory_mib=8)
+    d = run.domain; v = d.vcpus[0]
+    image = load_xen_elf(resolve_kernel("hello"))
+    page = plan_layout(image, d.max_pages, d.width).virt_end - PAGE_SIZE
+    ks = Ks(KS_ARCH_X86, KS_MODE_32)
+    # denied I/O, then (same block) a hypercall: sched_op(shutdown, reason@page+0x300)
+    code = bytes(ks.asm(f"mov edx, 0x80; in al, dx; mov ebx, 2; mov ecx, {page+0x300:#x}; "
+                        "mov eax, 29; int 0x82; hlt", page)[0])
+    handler = bytes(ks.asm(f"mov ebx, 2; mov ecx, {page+0x304:#x}; mov eax, 29; int 0x82; hlt",
+                           page + 0x100)[0])
+    v.gmem.write(page, code); v.gmem.write(page + 0x100, handler)
+    v.gmem.write(page + 0x300, struct.pack("<II", Shutdown.crash, Shutdown.poweroff))
+    v.trap_table[13] = TrapEntry(0, FLAT_RING1_CS, page + 0x100)
+    v.iopl = 0
+    v.gmem.write(v.cpu.reg("esp"), page.to_bytes(4, "little"))
+    run.run(10)
+    assert run.shutdown_reason == Shutdown.poweroff   # only the #GP handler's hypercall

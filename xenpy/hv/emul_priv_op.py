@@ -288,7 +288,8 @@ def _deny_io(v: "Vcpu") -> None:
     we snapshot the registers here (EIP is the I/O instruction), stop the CPU, and the
     run loop restores the snapshot and injects the #GP (finish_denied_io).  Limitation:
     instructions after the I/O in the same translated block have run by then; their
-    register effects are undone by the snapshot, memory stores are not."""
+    register effects are undone by the snapshot, memory stores are not; the hooks refuse
+    a hypercall or trap after it (nothing the hypervisor tracks may change)."""
     if v.denied_io is None:
         v.denied_io = v.cpu.uc.context_save()
         v.domain.log_once("io", "port I/O without I/O privilege")
@@ -298,6 +299,9 @@ def _deny_io(v: "Vcpu") -> None:
 def finish_denied_io(v: "Vcpu") -> None:
     snap, v.denied_io = v.denied_io, None
     v.cpu.uc.context_restore(snap)
+    if v.cpu.reg("cr3") != v.gmem.cr3:       # nothing after the I/O ran (hooks refuse it)
+        v.domain.crash("denied port I/O: the page tables changed before the #GP")
+        return
     ip = v.cpu.reg("eip" if v.domain.width == 4 else "rip")
     if v.domain.width == 4:
         from .traps import inject

@@ -56,6 +56,9 @@ def install_hooks(v: "Vcpu") -> None:
 
     def on_hypercall(eax, ebx, ecx, edx, esi, edi, ebp, cs, eip, _m=0xFFFFFFFF):
         """int $0x82, registers read by the C hook; returns the new eax or NO_RESULT."""
+        if v.denied_io is not None:           # after a denied port I/O in this block
+            cpu.stop()
+            return NO_RESULT
         if cs & 3 != 1:
             do_trap(v, HYPERCALL_VECTOR)          # from ring 3: #GP, as Xen's DPL-1 gate
             return NO_RESULT
@@ -74,6 +77,9 @@ def install_hooks(v: "Vcpu") -> None:
         return NO_RESULT if res is None else res & _m
 
     def on_interrupt(vector: int) -> None:
+        if v.denied_io is not None:       # the block goes on after a denied port I/O:
+            cpu.stop()                    # nothing after it may happen (finish_denied_io)
+            return
         do_trap(v, vector)
         v.hook_exit()
 

@@ -52,6 +52,9 @@ def install_hooks(v: "Vcpu") -> None:
 
     def on_syscall(rax, rdi, rsi, rdx, r10, r8, r9, rip, _unused):
         """syscall, registers read by the C hook; returns the new rax or NO_RESULT."""
+        if v.denied_io is not None:           # after a denied port I/O in this block
+            cpu.stop()
+            return NO_RESULT
         res = None
         v.in_syscall_hook = True
         try:
@@ -76,6 +79,9 @@ def install_hooks(v: "Vcpu") -> None:
         return res - (1 << 64) if res >> 63 else res
 
     def on_interrupt(vector: int) -> None:
+        if v.denied_io is not None:       # the block goes on after a denied port I/O:
+            cpu.stop()                    # nothing after it may happen (finish_denied_io)
+            return
         do_trap(v, vector)
         v.hook_exit()
 

@@ -51,6 +51,11 @@ log = logging.getLogger("xenpy.blkback")
 BACKEND_ROOT = "/local/domain/0/backend/vbd"
 
 
+def _decimal(raw: str) -> bool:
+    """Only ASCII digits (str.isdigit also takes '²', which int() refuses), at most 10."""
+    return raw.isascii() and raw.isdigit() and len(raw) <= 10
+
+
 class ConnectError(XenpyError):
     """The frontend described its ring badly (names the key)."""
 
@@ -166,7 +171,7 @@ class VbdBackend:
         if order_raw is None:
             refs_keys = ["ring-ref"]
         else:
-            if not order_raw.isdigit() or int(order_raw) > B.MAX_RING_PAGE_ORDER:
+            if not _decimal(order_raw) or int(order_raw) > B.MAX_RING_PAGE_ORDER:
                 raise ConnectError(f"{self.fe}/ring-page-order: expected 0..{B.MAX_RING_PAGE_ORDER}"
                                    f", got {order_raw!r}")
             refs_keys = [f"ring-ref{i}" for i in range(1 << int(order_raw))]
@@ -192,7 +197,7 @@ class VbdBackend:
 
     def _read_uint(self, key: str) -> int:
         raw = self.bb.read(f"{self.fe}/{key}")
-        if raw is None or not raw.isdigit() or int(raw) >= 1 << 32:
+        if raw is None or not _decimal(raw) or int(raw) >= 1 << 32:
             raise ConnectError(f"{self.fe}/{key}: expected an unsigned 32-bit number, got {raw!r}")
         return int(raw)
 
