@@ -296,6 +296,16 @@ def _deny_io(v: "Vcpu") -> None:
         v.cpu.stop()
 
 
+def after_denied_io(v: "Vcpu") -> bool:
+    """True (and the CPU asked to stop) when a denied port I/O earlier in the running
+    block awaits its #GP: a hook must then do nothing — a hypercall or trap after it would
+    change state the register rollback does not undo."""
+    if v.denied_io is None:
+        return False
+    v.cpu.stop()
+    return True
+
+
 def finish_denied_io(v: "Vcpu") -> None:
     snap, v.denied_io = v.denied_io, None
     v.cpu.uc.context_restore(snap)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from ..abi.xen import (FLAT_RING1_CS, HYPERCALL_VECTOR, TI_DPL_MASK, TI_FLAG_IF,
                        TRAP_gp_fault, TRAP_invalid_op, TRAP_page_fault,
@@ -56,8 +56,7 @@ def install_hooks(v: "Vcpu") -> None:
 
     def on_hypercall(eax, ebx, ecx, edx, esi, edi, ebp, cs, eip, _m=0xFFFFFFFF):
         """int $0x82, registers read by the C hook; returns the new eax or NO_RESULT."""
-        if v.denied_io is not None:           # after a denied port I/O in this block
-            cpu.stop()
+        if emul_priv_op.after_denied_io(v):
             return NO_RESULT
         if cs & 3 != 1:
             do_trap(v, HYPERCALL_VECTOR)          # from ring 3: #GP, as Xen's DPL-1 gate
@@ -76,17 +75,20 @@ def install_hooks(v: "Vcpu") -> None:
             v.hook_exit()
         return NO_RESULT if res is None else res & _m
 
+    HypercallEntry(cpu, [REGS32[n] for n in ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp",
+                                             "cs", "eip")],
+                   REGS32["eax"], HYPERCALL_VECTOR, on_hypercall, interrupt_hook(v, do_trap))
+    install_common_hooks(v, lambda: do_invalid_op(v))
+
+
+def interrupt_hook(v: "Vcpu", do_trap) -> Callable[[int], None]:
+    """The interrupt/exception hook of either width around its ``do_trap``."""
     def on_interrupt(vector: int) -> None:
-        if v.denied_io is not None:       # the block goes on after a denied port I/O:
-            cpu.stop()                    # nothing after it may happen (finish_denied_io)
+        if emul_priv_op.after_denied_io(v):
             return
         do_trap(v, vector)
         v.hook_exit()
-
-    HypercallEntry(cpu, [REGS32[n] for n in ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp",
-                                             "cs", "eip")],
-                   REGS32["eax"], HYPERCALL_VECTOR, on_hypercall, on_interrupt)
-    install_common_hooks(v, lambda: do_invalid_op(v))
+    return on_interrupt
 
 
 def install_common_hooks(v: "Vcpu", invalid_op) -> None:

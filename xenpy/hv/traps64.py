@@ -25,7 +25,7 @@ from ..abi.xen import (FLAT_RING3_CS64, FLAT_RING3_SS64, TI_DPL_MASK, TI_FLAG_IF
 from . import emul_priv_op, hypercall as hc, mm
 from .guest_access import PFEC_user, GuestFault
 from .traps import (EFLAGS_IF, EFLAGS_IOPL, EFLAGS_NT, EFLAGS_RF, EFLAGS_TF, EFLAGS_VM,
-                    classify, forced_emulation, install_common_hooks)
+                    classify, forced_emulation, install_common_hooks, interrupt_hook)
 
 if TYPE_CHECKING:
     from .vcpu import TrapEntry, Vcpu
@@ -52,8 +52,7 @@ def install_hooks(v: "Vcpu") -> None:
 
     def on_syscall(rax, rdi, rsi, rdx, r10, r8, r9, rip, _unused):
         """syscall, registers read by the C hook; returns the new rax or NO_RESULT."""
-        if v.denied_io is not None:           # after a denied port I/O in this block
-            cpu.stop()
+        if emul_priv_op.after_denied_io(v):
             return NO_RESULT
         res = None
         v.in_syscall_hook = True
@@ -78,16 +77,9 @@ def install_hooks(v: "Vcpu") -> None:
         res &= MASK64                  # rax as the C hook's int64_t: -EINVAL stays -22
         return res - (1 << 64) if res >> 63 else res
 
-    def on_interrupt(vector: int) -> None:
-        if v.denied_io is not None:       # the block goes on after a denied port I/O:
-            cpu.stop()                    # nothing after it may happen (finish_denied_io)
-            return
-        do_trap(v, vector)
-        v.hook_exit()
-
     HypercallEntry(cpu, [REGS64[n] for n in ("rax", "rdi", "rsi", "rdx", "r10", "r8", "r9",
                                              "rip")],
-                   REGS64["rax"], None, on_syscall, on_interrupt)
+                   REGS64["rax"], None, on_syscall, interrupt_hook(v, do_trap))
     install_common_hooks(v, lambda: do_invalid_op(v))
 
 
