@@ -47,6 +47,10 @@ REGS64 = dict(REGS32, **{
     "r13": R.UC_X86_REG_R13, "r14": R.UC_X86_REG_R14, "r15": R.UC_X86_REG_R15,
 })
 
+#: Architectural MSRs the hypervisor reads and writes (long mode, segment bases).
+MSR_EFER = 0xC0000080
+MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE = 0xC0000100, 0xC0000101, 0xC0000102
+
 #: Hypercall ABI: number register, then argument registers (xen.h).
 HYPERCALL_REGS = {
     Width.X86_32: ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp"),

@@ -112,7 +112,8 @@ SEGBASE_GS_USER_SEL = 3
 @hypercall("set_segment_base", 2, abis=(Width.X86_64,))
 def do_set_segment_base(v: "Vcpu", which: int, base: int) -> int:
     """FS base, and the user/kernel GS bases Xen swaps on every mode switch."""
-    from .traps64 import MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE, canonical
+    from ..cpu.x86 import MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE
+    from .traps64 import canonical
     cpu = v.cpu
     if which == SEGBASE_GS_USER_SEL:
         # Load a user GS selector: with flat 64-bit segments only the null selector and

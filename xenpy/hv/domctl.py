@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 from ..abi.xen import PAGE_SHIFT, Width, layouts
 from ..errors import XenpyError
 from ..cpu.x86 import UnicornFailure
+from ..cpu.x86 import MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE
 from . import firmware
 from .machine import PageType
 
@@ -48,10 +49,6 @@ VGCF_failsafe_disables_events = 1 << 3
 VGCF_syscall_disables_events = 1 << 4
 VGCF_online = 1 << 5
 
-MSR_EFER = 0xC0000080
-MSR_FS_BASE = 0xC0000100
-MSR_GS_BASE = 0xC0000101
-MSR_SHADOW_GS_BASE = 0xC0000102
 _EFER_64 = (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11)      # SCE LME LMA NXE
 #: offset of the iret frame in the hypervisor page that holds it (above the TSS / GDT entries)
 _IRET_FRAME_OFFSET = 0x800

@@ -12,6 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..abi.xen import PAGE_SHIFT, TRAP_gp_fault
+from ..cpu.x86 import MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE
 from .guest_access import GuestFault
 
 if TYPE_CHECKING:
@@ -23,7 +24,6 @@ _GPR = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 XEN_CPUID_BASE = 0x40000000
 XEN_MAJOR, XEN_MINOR = 4, 17
 CR0_TS = 1 << 3
-MSR_EFER = 0xC0000080
 MSR_IA32_MISC_ENABLE = 0x1A0
 MSR_IA32_PLATFORM_ID = 0x17
 MISC_ENABLE_BTS_UNAVAIL = 1 << 11
@@ -119,7 +119,6 @@ def emulate(v: "Vcpu", eip: int) -> bool:
 
 _GPR64 = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
           "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
-MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE = 0xC0000100, 0xC0000101, 0xC0000102
 
 
 def emulate64(v: "Vcpu", rip: int) -> bool:

@@ -15,6 +15,7 @@ from typing import Callable, Iterable
 import unicorn as uc
 
 from ..abi.xen import FLAT_RING1_CS, FLAT_RING1_DS, PAGE_SIZE, Width
+from ..cpu.x86 import MSR_EFER
 from ..backends.console import ConsoleBackend
 from . import (callback, console, descriptor_tables, domctl, emul_priv_op, event_channel, firmware, grant_table,  # noqa: F401
                iret, memory, mm, multicall, physdev, sched, time as _time_hc, traps,
@@ -42,7 +43,7 @@ def enable_paging(v: Vcpu, cr3: int, efer: int | None = None) -> None:
     cpu.set_reg("cr4", PV_CR4)
     v.set_cr3(cr3)
     if efer is not None:
-        cpu.write_msr(0xC0000080, efer)
+        cpu.write_msr(MSR_EFER, efer)
     cpu.set_reg("cr0", CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG)
     cpu.set_gdtr(v.domain.hv_layout.gdt_va(v.vcpu_id), 0xFFFF)
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from ..abi.xen import (FLAT_RING3_CS64, FLAT_RING3_SS64, TI_DPL_MASK, TI_FLAG_IF,
                        TRAP_gp_fault, TRAP_invalid_op, TRAP_page_fault)
 from . import emul_priv_op, hypercall as hc, mm
+from ..cpu.x86 import MSR_GS_BASE, MSR_SHADOW_GS_BASE
 from .guest_access import PFEC_user, GuestFault
 from .traps import (EFLAGS_IF, EFLAGS_IOPL, EFLAGS_NT, EFLAGS_RF, EFLAGS_TF, EFLAGS_VM,
                     classify, forced_emulation, install_common_hooks, interrupt_hook)
@@ -31,9 +32,6 @@ if TYPE_CHECKING:
     from .vcpu import TrapEntry, Vcpu
 
 log = logging.getLogger("xenpy.traps64")
-MSR_FS_BASE = 0xC0000100
-MSR_GS_BASE = 0xC0000101
-MSR_SHADOW_GS_BASE = 0xC0000102
 MASK64 = 0xFFFFFFFFFFFFFFFF
 EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1 << 0, 1 << 8, 1 << 10, 1 << 11
 
